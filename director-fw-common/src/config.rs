@@ -1,0 +1,40 @@
+//! The single `CONFIG` entry: options and role masks of the active policy.
+
+/// Options and role masks. An all-zero `Config` protects nothing, so a freshly loaded program
+/// passes everything until a policy is written.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// Roles used as the `to` of some rule: an address with one of them is protected.
+    pub to_roles: u32,
+    /// Roles used as the `from` of some rule; other role bits are masked off source lookups.
+    pub from_roles: u32,
+    /// `FLAG_*` bits.
+    pub flags: u32,
+    /// Generation of the rule maps in use; rule keys carry it.
+    pub generation: u32,
+    pub tcp_timeout_ns: u64,
+    pub tcp_closing_timeout_ns: u64,
+    pub udp_timeout_ns: u64,
+    pub icmp_timeout_ns: u64,
+    pub fragment_timeout_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<Config>() == 56);
+
+/// Drop packets to unprotected addresses instead of passing them.
+pub const FLAG_UNPROTECTED_DROP: u32 = 1 << 0;
+/// Drop ICMP echo requests to protected addresses.
+pub const FLAG_ICMP_ECHO_DENY: u32 = 1 << 1;
+/// Count would-be drops, drop nothing.
+pub const FLAG_AUDIT: u32 = 1 << 2;
+/// `NETS_V4` has entries: look there when `HOSTS_V4` misses.
+pub const FLAG_NETS_V4: u32 = 1 << 3;
+/// `NETS_V6` has entries: look there when `HOSTS_V6` misses.
+pub const FLAG_NETS_V6: u32 = 1 << 4;
+
+pub const NS_PER_SEC: u64 = 1_000_000_000;
+/// A flow whose TCP connection was reset or closed in both directions lingers this long, so
+/// that the last ACK and retransmitted FINs still pass.
+pub const TCP_CLOSING_TIMEOUT_SECS: u64 = 10;
+pub const ICMP_TIMEOUT_SECS: u64 = 30;
+pub const FRAGMENT_TIMEOUT_SECS: u64 = 30;

@@ -1,0 +1,39 @@
+//! The vocabulary of director-fw, shared by the kernel programs, the agent, the CLI and the
+//! reference model: map names, map keys and values, verdicts and counter slots. Every type here
+//! is `#[repr(C)]` with explicit padding, because implicit padding bytes in a map key are stack
+//! garbage and make lookups miss.
+#![no_std]
+
+pub mod config;
+pub mod flow;
+pub mod maps;
+pub mod rules;
+pub mod verdict;
+
+pub use config::Config;
+pub use flow::{FlowKey, FlowState, FragKey, FragState};
+pub use rules::{PortKey, RuleKey};
+pub use verdict::{Counter, DropReason, PassKind, Verdict};
+
+/// IP protocol numbers the datapath knows.
+pub mod proto {
+    pub const ICMP: u8 = 1;
+    pub const TCP: u8 = 6;
+    pub const UDP: u8 = 17;
+    pub const ICMPV6: u8 = 58;
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: every type is #[repr(C)], Copy, and has no implicit padding (checked by the
+    // size assertions next to each definition).
+    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowState {}
+    unsafe impl aya::Pod for FragKey {}
+    unsafe impl aya::Pod for FragState {}
+    unsafe impl aya::Pod for PortKey {}
+    unsafe impl aya::Pod for RuleKey {}
+    unsafe impl aya::Pod for Counter {}
+}

@@ -1,0 +1,55 @@
+//! Map names, as the loader finds them in the object and as they are pinned under
+//! `/sys/fs/bpf/director-fw/INSTANCE/maps/`. Kernel names are limited to 15 characters.
+
+/// `Array<Config>`, one entry: the active options and role masks.
+pub const CONFIG: &str = "CONFIG";
+/// `HashMap<u32, u32>`: IPv4 host address (network byte order) -> role bits.
+pub const HOSTS_V4: &str = "HOSTS_V4";
+/// `HashMap<[u32; 4], u32>`: IPv6 host address -> role bits.
+pub const HOSTS_V6: &str = "HOSTS_V6";
+/// `LpmTrie<u32, u32>`: IPv4 prefix -> role bits of the prefix and every prefix covering it.
+pub const NETS_V4: &str = "NETS_V4";
+/// `LpmTrie<[u32; 4], u32>`: the same for IPv6.
+pub const NETS_V6: &str = "NETS_V6";
+/// `HashMap<PortKey, u32>`: is this port open on this set of destination roles at all.
+pub const PORTS: &str = "PORTS";
+/// `HashMap<RuleKey, u32>`: which rule passes this source/destination/port combination.
+pub const RULES: &str = "RULES";
+/// `LruHashMap<FlowKey, FlowState>`: tracked flows, one entry for both directions.
+pub const FLOWS: &str = "FLOWS";
+/// `LruHashMap<FragKey, FragState>`: first fragments that passed.
+pub const FRAGS: &str = "FRAGS";
+/// `PerCpuArray<Counter>`: packets and bytes per counter slot (see [`crate::verdict`]).
+pub const COUNTERS: &str = "COUNTERS";
+/// `PerCpuArray<u32>`, one entry: the counter slot of the last verdict. Written only when
+/// the program is loaded with the `TRACE` global set, for tests.
+pub const LAST_VERDICT: &str = "LAST_VERDICT";
+
+/// Every map, in the order the loader pins them.
+pub const ALL: [&str; 11] = [
+    CONFIG,
+    HOSTS_V4,
+    HOSTS_V6,
+    NETS_V4,
+    NETS_V6,
+    PORTS,
+    RULES,
+    FLOWS,
+    FRAGS,
+    COUNTERS,
+    LAST_VERDICT,
+];
+
+/// Name of the `.rodata` global that turns on [`LAST_VERDICT`].
+pub const TRACE_GLOBAL: &str = "TRACE";
+
+/// Program names in the object.
+pub const XDP_PROGRAM: &str = "director_fw_xdp";
+pub const TC_PROGRAM: &str = "director_fw_tc";
+
+/// Default sizes; the loader overrides them from the policy's options.
+pub const DEFAULT_HOSTS: u32 = 65_536;
+pub const DEFAULT_NETS: u32 = 16_384;
+pub const DEFAULT_RULE_ENTRIES: u32 = 65_536;
+pub const DEFAULT_FLOWS: u32 = 262_144;
+pub const DEFAULT_FRAGS: u32 = 8_192;

@@ -1,0 +1,62 @@
+//! Roles and rules: which roles an address has, and which rule (if any) passes a packet.
+//! Host addresses are an exact-match hash; prefixes sit in an LPM trie that is only consulted
+//! when the policy has prefixes of that family, so a policy of hosts pays one hash lookup.
+
+use aya_ebpf::maps::lpm_trie::Key;
+use director_fw_common::{
+    config::{FLAG_NETS_V4, FLAG_NETS_V6},
+    Config, PortKey, RuleKey,
+};
+
+use crate::maps::{HOSTS_V4, HOSTS_V6, NETS_V4, NETS_V6, PORTS, RULES};
+
+/// Role bits of an address; 0 for an address in no role.
+#[inline(always)]
+pub fn roles(cfg: &Config, family: u8, addr: &[u32; 4]) -> u32 {
+    if family == 4 {
+        if let Some(roles) = HOSTS_V4.get_ptr(addr[0]) {
+            return unsafe { *roles };
+        }
+        if cfg.flags & FLAG_NETS_V4 != 0 {
+            if let Some(roles) = NETS_V4.get(Key::new(32, addr[0])) {
+                return *roles;
+            }
+        }
+    } else {
+        if let Some(roles) = HOSTS_V6.get_ptr(addr) {
+            return unsafe { *roles };
+        }
+        if cfg.flags & FLAG_NETS_V6 != 0 {
+            if let Some(roles) = NETS_V6.get(Key::new(128, *addr)) {
+                return *roles;
+            }
+        }
+    }
+    0
+}
+
+/// Whether any rule opens `port` on these destination roles, whatever the source. This check
+/// comes before the source lookup so that traffic to closed ports costs no more lookups.
+#[inline(always)]
+pub fn port_open(cfg: &Config, dst_roles: u32, proto: u8, port: u16) -> bool {
+    let key = PortKey {
+        dst_roles: dst_roles & cfg.to_roles,
+        port,
+        proto,
+        generation: cfg.generation as u8,
+    };
+    PORTS.get_ptr(&key).is_some()
+}
+
+/// Index of the first rule that passes this source to this destination and port.
+#[inline(always)]
+pub fn rule(cfg: &Config, dst_roles: u32, src_roles: u32, proto: u8, port: u16) -> Option<u32> {
+    let key = RuleKey {
+        dst_roles: dst_roles & cfg.to_roles,
+        src_roles: src_roles & cfg.from_roles,
+        port,
+        proto,
+        generation: cfg.generation as u8,
+    };
+    RULES.get_ptr(&key).map(|index| unsafe { *index })
+}

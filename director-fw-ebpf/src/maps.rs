@@ -1,0 +1,38 @@
+//! The maps, declared once. Sizes here are defaults: the loader sets them from the policy.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{lpm_trie::LpmTrie, Array, HashMap, LruHashMap, PerCpuArray},
+};
+use director_fw_common::{
+    maps::{DEFAULT_FLOWS, DEFAULT_FRAGS, DEFAULT_HOSTS, DEFAULT_NETS, DEFAULT_RULE_ENTRIES},
+    verdict::COUNTER_SLOTS,
+    Config, Counter, FlowKey, FlowState, FragKey, FragState, PortKey, RuleKey,
+};
+
+#[map(name = "CONFIG")]
+pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+#[map(name = "HOSTS_V4")]
+pub static HOSTS_V4: HashMap<u32, u32> = HashMap::with_max_entries(DEFAULT_HOSTS, 0);
+#[map(name = "HOSTS_V6")]
+pub static HOSTS_V6: HashMap<[u32; 4], u32> = HashMap::with_max_entries(DEFAULT_HOSTS, 0);
+#[map(name = "NETS_V4")]
+pub static NETS_V4: LpmTrie<u32, u32> = LpmTrie::with_max_entries(DEFAULT_NETS, 0);
+#[map(name = "NETS_V6")]
+pub static NETS_V6: LpmTrie<[u32; 4], u32> = LpmTrie::with_max_entries(DEFAULT_NETS, 0);
+
+#[map(name = "PORTS")]
+pub static PORTS: HashMap<PortKey, u32> = HashMap::with_max_entries(DEFAULT_RULE_ENTRIES, 0);
+#[map(name = "RULES")]
+pub static RULES: HashMap<RuleKey, u32> = HashMap::with_max_entries(DEFAULT_RULE_ENTRIES, 0);
+
+#[map(name = "FLOWS")]
+pub static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(DEFAULT_FLOWS, 0);
+#[map(name = "FRAGS")]
+pub static FRAGS: LruHashMap<FragKey, FragState> = LruHashMap::with_max_entries(DEFAULT_FRAGS, 0);
+
+#[map(name = "COUNTERS")]
+pub static COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
+#[map(name = "LAST_VERDICT")]
+pub static LAST_VERDICT: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);

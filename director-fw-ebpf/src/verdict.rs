@@ -1,0 +1,173 @@
+//! How a packet is judged (SPEC section 2). The order of lookups is chosen so that the common
+//! paths pay the fewest: the destination's roles first, because most decisions hang on whether
+//! it is protected; the flow table only where a flow can exist; the source's roles only when a
+//! rule may need them.
+
+use director_fw_common::{
+    config::{FLAG_AUDIT, FLAG_ICMP_ECHO_DENY, FLAG_UNPROTECTED_DROP},
+    proto, Config, DropReason, FlowKey, PassKind, Verdict,
+};
+
+use crate::{
+    classify, conntrack,
+    maps::CONFIG,
+    parse::{self, Fragment, Frame, Packet, Parsed},
+};
+
+/// Judges one frame and counts the verdict.
+#[inline(always)]
+pub fn judge(frame: &Frame) -> bool {
+    let verdict = match CONFIG.get(0) {
+        Some(cfg) => judge_with(frame, cfg),
+        // The array always has its entry; pass rather than cut a gateway off if it had not.
+        None => Verdict::Pass(PassKind::Unprotected),
+    };
+    crate::counters::count(verdict, frame.len as u64);
+    verdict.passes()
+}
+
+#[inline(always)]
+fn judge_with(frame: &Frame, cfg: &Config) -> Verdict {
+    let p = match parse::parse(frame) {
+        Ok(Parsed::Ip(p)) => p,
+        Ok(Parsed::NonIp) => return Verdict::Pass(PassKind::NonIp),
+        Err(()) => return audited(cfg, DropReason::Malformed),
+    };
+    let dst_roles = classify::roles(cfg, p.family, &p.dst);
+    let dst_protected = dst_roles & cfg.to_roles != 0;
+    let verdict = decide(frame, cfg, &p, dst_roles, dst_protected);
+    if let Verdict::Drop(reason) = verdict {
+        return audited(cfg, reason);
+    }
+    if let Fragment::First(id) = p.fragment {
+        if dst_protected {
+            conntrack::remember_first_fragment(&p, id);
+        }
+    }
+    verdict
+}
+
+#[inline(always)]
+fn audited(cfg: &Config, reason: DropReason) -> Verdict {
+    if cfg.flags & FLAG_AUDIT != 0 {
+        Verdict::Audit(reason)
+    } else {
+        Verdict::Drop(reason)
+    }
+}
+
+#[inline(always)]
+fn unprotected(cfg: &Config) -> Verdict {
+    if cfg.flags & FLAG_UNPROTECTED_DROP != 0 {
+        Verdict::Drop(DropReason::Unprotected)
+    } else {
+        Verdict::Pass(PassKind::Unprotected)
+    }
+}
+
+/// What the L4 header makes of a packet, for flow tracking and rules.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// TCP or UDP: ports, rules, flows.
+    Ported,
+    EchoRequest,
+    EchoReply,
+    /// Destination unreachable, packet too big, time exceeded: related to a flow.
+    IcmpError,
+    NeighborDiscovery,
+    Other,
+}
+
+#[inline(always)]
+fn kind(p: &Packet) -> Kind {
+    match (p.family, p.proto, p.icmp_type) {
+        (_, proto::TCP | proto::UDP, _) => Kind::Ported,
+        (4, proto::ICMP, 8) | (6, proto::ICMPV6, 128) => Kind::EchoRequest,
+        (4, proto::ICMP, 0) | (6, proto::ICMPV6, 129) => Kind::EchoReply,
+        (4, proto::ICMP, 3 | 11) | (6, proto::ICMPV6, 1..=3) => Kind::IcmpError,
+        (6, proto::ICMPV6, 133..=137) => Kind::NeighborDiscovery,
+        _ => Kind::Other,
+    }
+}
+
+#[inline(always)]
+fn bad_tcp_flags(flags: u8) -> bool {
+    const FIN: u8 = 0x01;
+    const SYN: u8 = 0x02;
+    const RST: u8 = 0x04;
+    flags & (SYN | FIN) == SYN | FIN || flags & (SYN | RST) == SYN | RST || flags & 0x3f == 0
+}
+
+#[inline(always)]
+fn decide(frame: &Frame, cfg: &Config, p: &Packet, dst_roles: u32, dst_protected: bool) -> Verdict {
+    if let Fragment::Later(id) = p.fragment {
+        if !dst_protected {
+            return unprotected(cfg);
+        }
+        return if conntrack::first_fragment_passed(cfg, p, id) {
+            Verdict::Pass(PassKind::Fragment)
+        } else {
+            Verdict::Drop(DropReason::Fragment)
+        };
+    }
+    let kind = kind(p);
+    if kind == Kind::NeighborDiscovery {
+        return Verdict::Pass(PassKind::NeighborDiscovery);
+    }
+    let tracked = matches!(kind, Kind::Ported | Kind::EchoRequest | Kind::EchoReply);
+
+    if !dst_protected {
+        // Flows only exist where one end is protected: traffic between two unprotected
+        // addresses needs no flow lookup.
+        let src_roles = classify::roles(cfg, p.family, &p.src);
+        if src_roles & cfg.to_roles == 0 {
+            return unprotected(cfg);
+        }
+        if tracked && conntrack::refresh(cfg, p) {
+            return Verdict::Pass(PassKind::Flow);
+        }
+        let verdict = unprotected(cfg);
+        if verdict.passes() && matches!(kind, Kind::Ported | Kind::EchoRequest) {
+            conntrack::create(p);
+        }
+        return verdict;
+    }
+
+    if p.proto == proto::TCP && bad_tcp_flags(p.tcp_flags) {
+        return Verdict::Drop(DropReason::BadTcpFlags);
+    }
+    if tracked && conntrack::refresh(cfg, p) {
+        return Verdict::Pass(PassKind::Flow);
+    }
+    match kind {
+        Kind::Ported => {
+            if !classify::port_open(cfg, dst_roles, p.proto, p.dport) {
+                return Verdict::Drop(DropReason::NoRule);
+            }
+            let src_roles = classify::roles(cfg, p.family, &p.src);
+            match classify::rule(cfg, dst_roles, src_roles, p.proto, p.dport) {
+                Some(index) => {
+                    conntrack::create(p);
+                    Verdict::Rule(index)
+                }
+                None => Verdict::Drop(DropReason::NoRule),
+            }
+        }
+        Kind::EchoRequest if cfg.flags & FLAG_ICMP_ECHO_DENY == 0 => {
+            conntrack::create(p);
+            Verdict::Pass(PassKind::IcmpEcho)
+        }
+        Kind::IcmpError => match parse::quoted_flow(frame, p) {
+            Some((src, sport, dst, dport, l4)) => {
+                let (key, _) = FlowKey::new(src, sport, dst, dport, l4, p.family);
+                if conntrack::is_live(cfg, &key) {
+                    Verdict::Pass(PassKind::Flow)
+                } else {
+                    Verdict::Drop(DropReason::NoRule)
+                }
+            }
+            None => Verdict::Drop(DropReason::NoRule),
+        },
+        _ => Verdict::Drop(DropReason::NoRule),
+    }
+}

@@ -1,0 +1,150 @@
+//! `explain`: what the policy does to one packet, by the reference model, so that the
+//! answer is the datapath's own logic rather than a second reading of the rules.
+
+use std::net::IpAddr;
+
+use director_fw_common::{config::NS_PER_SEC, Verdict};
+use etherparse::PacketBuilder;
+use serde::Serialize;
+
+use crate::{compile, model::Model, policy::Policy};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Probe {
+    Tcp,
+    Udp,
+    Icmp,
+}
+
+/// The machine-readable answer (`explain --json`).
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct Explanation {
+    pub verdict: &'static str,
+    pub rule: Option<String>,
+    pub reason: Option<&'static str>,
+    /// How a packet passed without a rule: `unprotected`, `icmp-echo`, ...
+    pub kind: Option<&'static str>,
+    /// The packet would be dropped, but audit mode lets it pass.
+    pub audit: bool,
+}
+
+impl Explanation {
+    pub fn of(policy: &Policy, verdict: Verdict) -> Explanation {
+        let mut e = Explanation {
+            verdict: if verdict.passes() { "pass" } else { "drop" },
+            rule: None,
+            reason: None,
+            kind: None,
+            audit: false,
+        };
+        match verdict {
+            Verdict::Pass(kind) => e.kind = Some(kind.name()),
+            Verdict::Rule(index) => e.rule = Some(policy.rules[index as usize].id.clone()),
+            Verdict::Drop(reason) => e.reason = Some(reason.name()),
+            Verdict::Audit(reason) => {
+                e.reason = Some(reason.name());
+                e.audit = true;
+            }
+        }
+        e
+    }
+}
+
+/// The first packet of a new connection: a TCP SYN, a UDP datagram or an ICMP echo request.
+pub fn probe_frame(
+    src: IpAddr,
+    dst: IpAddr,
+    probe: Probe,
+    sport: u16,
+    dport: u16,
+) -> Result<Vec<u8>, String> {
+    let eth = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
+    let ip = match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => eth.ipv4(s.octets(), d.octets(), 64),
+        (IpAddr::V6(s), IpAddr::V6(d)) => eth.ipv6(s.octets(), d.octets(), 64),
+        _ => return Err(format!("{src} and {dst} are of different IP versions")),
+    };
+    let mut frame = Vec::new();
+    let written = match (probe, src) {
+        (Probe::Tcp, _) => ip.tcp(sport, dport, 1, 64240).syn().write(&mut frame, &[]),
+        (Probe::Udp, _) => ip.udp(sport, dport).write(&mut frame, &[]),
+        (Probe::Icmp, IpAddr::V4(_)) => ip.icmpv4_echo_request(sport, 1).write(&mut frame, &[]),
+        (Probe::Icmp, IpAddr::V6(_)) => ip.icmpv6_echo_request(sport, 1).write(&mut frame, &[]),
+    };
+    written.map_err(|err| err.to_string())?;
+    Ok(frame)
+}
+
+/// The verdict on the first packet from `src` to `dst`, with no flows tracked yet.
+pub fn explain(
+    policy: &Policy,
+    src: IpAddr,
+    dst: IpAddr,
+    probe: Probe,
+    sport: u16,
+    dport: u16,
+) -> Result<Explanation, String> {
+    let frame = probe_frame(src, dst, probe, sport, dport)?;
+    let mut model = Model::new(policy, compile::config(policy));
+    let verdict = model.judge(&frame, NS_PER_SEC);
+    Ok(Explanation::of(policy, verdict))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lab() -> Policy {
+        Policy::from_toml(
+            "t",
+            "profile = \"lync2013-single-director\"\n[peers]\nreverse-proxy=['198.18.1.10']\ndirector=['198.18.2.10','2001:db8:2::10']\nedge-internal=['198.18.5.10']\n",
+        )
+        .unwrap()
+    }
+
+    fn ask(src: &str, dst: &str, probe: Probe, dport: u16) -> Explanation {
+        explain(
+            &lab(),
+            src.parse().unwrap(),
+            dst.parse().unwrap(),
+            probe,
+            40000,
+            dport,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn rules_pass_by_name() {
+        let e = ask("198.18.1.10", "198.18.2.10", Probe::Tcp, 4443);
+        assert_eq!(
+            (e.verdict, e.rule.as_deref()),
+            ("pass", Some("rp-director-https"))
+        );
+        let e = ask("198.18.9.9", "198.18.5.10", Probe::Tcp, 50002);
+        assert_eq!(e.rule.as_deref(), Some("any-edge-cls"));
+    }
+
+    #[test]
+    fn drops_say_why() {
+        let e = ask("198.18.1.10", "198.18.2.10", Probe::Tcp, 4444);
+        assert_eq!((e.verdict, e.reason), ("drop", Some("no-rule")));
+        let mixed = explain(
+            &lab(),
+            "198.18.1.10".parse().unwrap(),
+            "2001:db8:2::10".parse().unwrap(),
+            Probe::Tcp,
+            1,
+            4443,
+        );
+        assert!(mixed.is_err());
+    }
+
+    #[test]
+    fn unprotected_and_echo() {
+        let e = ask("198.18.2.10", "198.18.9.9", Probe::Udp, 53);
+        assert_eq!((e.verdict, e.kind), ("pass", Some("unprotected")));
+        let e = ask("198.18.9.9", "198.18.2.10", Probe::Icmp, 0);
+        assert_eq!(e.kind, Some("icmp-echo"));
+    }
+}

@@ -1,0 +1,309 @@
+//! Loading the kernel object, writing a compiled policy into its maps, attaching it to
+//! interfaces, and running it on test packets (BPF_PROG_TEST_RUN).
+
+use std::{path::Path, time::Duration};
+
+use aya::{
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuValues},
+    programs::{
+        tc::TcAttachType, ProgramError, SchedClassifier, TestRun, TestRunOptions, Xdp, XdpMode,
+    },
+    util::nr_cpus,
+    Ebpf, EbpfLoader,
+};
+use director_fw_common::{
+    maps::{self, DEFAULT_FRAGS, DEFAULT_HOSTS, DEFAULT_NETS, DEFAULT_RULE_ENTRIES},
+    Config, Counter, FlowKey, FlowState, PortKey, RuleKey, Verdict,
+};
+
+use crate::{compile::Compiled, instance::Instance, policy::Policy};
+
+/// The kernel object, built by this crate's build script.
+pub static OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/director-fw.bpf.o"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("loading the eBPF object: {0}")]
+    Ebpf(#[from] aya::EbpfError),
+    #[error("eBPF program: {0}")]
+    Program(#[from] ProgramError),
+    #[error("eBPF map: {0}")]
+    Map(#[from] aya::maps::MapError),
+    #[error("pinning: {0}")]
+    Pin(#[from] aya::pin::PinError),
+    #[error("the eBPF object has no map or program {0:?}; it does not match this agent")]
+    Missing(&'static str),
+    #[error("cannot attach to {iface} in {mode} mode: {source}")]
+    Attach {
+        iface: String,
+        mode: &'static str,
+        source: ProgramError,
+    },
+    #[error("{0}: {1}")]
+    Io(String, std::io::Error),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AttachMode {
+    /// Native (driver) XDP; falls back to generic XDP where the driver has no XDP support.
+    Xdp,
+    /// Generic (skb) XDP.
+    XdpGeneric,
+    /// TC clsact ingress (TCX).
+    Tc,
+}
+
+impl AttachMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            AttachMode::Xdp => "xdp",
+            AttachMode::XdpGeneric => "xdp-generic",
+            AttachMode::Tc => "tc",
+        }
+    }
+}
+
+/// Map sizes for a policy: room to double the policy's entries before a map is full.
+fn size(needed: usize, minimum: u32) -> u32 {
+    u32::try_from(needed.saturating_mul(2))
+        .unwrap_or(u32::MAX)
+        .max(minimum)
+}
+
+pub struct Datapath {
+    ebpf: Ebpf,
+}
+
+impl Datapath {
+    /// Loads the object sized for `compiled`, writes the policy, and loads both programs.
+    /// `trace` records each verdict in `LAST_VERDICT` for tests.
+    pub fn load(policy: &Policy, compiled: &Compiled, trace: bool) -> Result<Datapath, LoadError> {
+        let trace = u8::from(trace);
+        let rule_entries = compiled.rules.len().max(compiled.ports.len());
+        let ebpf = EbpfLoader::new()
+            .override_global(maps::TRACE_GLOBAL, &trace, true)
+            .map_max_entries(maps::FLOWS, policy.options.flow_table_size)
+            .map_max_entries(maps::FRAGS, DEFAULT_FRAGS)
+            .map_max_entries(maps::HOSTS_V4, size(compiled.hosts_v4.len(), DEFAULT_HOSTS))
+            .map_max_entries(maps::HOSTS_V6, size(compiled.hosts_v6.len(), DEFAULT_HOSTS))
+            .map_max_entries(maps::NETS_V4, size(compiled.nets_v4.len(), DEFAULT_NETS))
+            .map_max_entries(maps::NETS_V6, size(compiled.nets_v6.len(), DEFAULT_NETS))
+            .map_max_entries(maps::PORTS, size(rule_entries, DEFAULT_RULE_ENTRIES))
+            .map_max_entries(maps::RULES, size(rule_entries, DEFAULT_RULE_ENTRIES))
+            .load(OBJECT)?;
+        let mut datapath = Datapath { ebpf };
+        datapath.write_policy(compiled)?;
+        datapath.xdp_mut()?.load()?;
+        datapath.tc_mut()?.load()?;
+        Ok(datapath)
+    }
+
+    fn map_mut(&mut self, name: &'static str) -> Result<&mut Map, LoadError> {
+        self.ebpf.map_mut(name).ok_or(LoadError::Missing(name))
+    }
+
+    fn map(&self, name: &'static str) -> Result<&Map, LoadError> {
+        self.ebpf.map(name).ok_or(LoadError::Missing(name))
+    }
+
+    /// Writes every entry first and the configuration last: until `CONFIG` names the
+    /// protected roles, the new entries protect nothing, so no packet sees half a policy.
+    pub fn write_policy(&mut self, compiled: &Compiled) -> Result<(), LoadError> {
+        let mut hosts: HashMap<_, u32, u32> = HashMap::try_from(self.map_mut(maps::HOSTS_V4)?)?;
+        for (addr, roles) in &compiled.hosts_v4 {
+            hosts.insert(addr, roles, 0)?;
+        }
+        let mut hosts: HashMap<_, [u32; 4], u32> =
+            HashMap::try_from(self.map_mut(maps::HOSTS_V6)?)?;
+        for (addr, roles) in &compiled.hosts_v6 {
+            hosts.insert(addr, roles, 0)?;
+        }
+        let mut nets: LpmTrie<_, u32, u32> = LpmTrie::try_from(self.map_mut(maps::NETS_V4)?)?;
+        for &(len, addr, roles) in &compiled.nets_v4 {
+            nets.insert(&Key::new(len, addr), roles, 0)?;
+        }
+        let mut nets: LpmTrie<_, [u32; 4], u32> = LpmTrie::try_from(self.map_mut(maps::NETS_V6)?)?;
+        for &(len, addr, roles) in &compiled.nets_v6 {
+            nets.insert(&Key::new(len, addr), roles, 0)?;
+        }
+        let mut ports: HashMap<_, PortKey, u32> = HashMap::try_from(self.map_mut(maps::PORTS)?)?;
+        for key in &compiled.ports {
+            ports.insert(key, 1, 0)?;
+        }
+        let mut rules: HashMap<_, RuleKey, u32> = HashMap::try_from(self.map_mut(maps::RULES)?)?;
+        for (key, index) in &compiled.rules {
+            rules.insert(key, index, 0)?;
+        }
+        self.set_config(&compiled.config)
+    }
+
+    pub fn set_config(&mut self, config: &Config) -> Result<(), LoadError> {
+        let mut array: Array<_, Config> = Array::try_from(self.map_mut(maps::CONFIG)?)?;
+        array.set(0, config, 0)?;
+        Ok(())
+    }
+
+    pub fn xdp_mut(&mut self) -> Result<&mut Xdp, LoadError> {
+        let program = self
+            .ebpf
+            .program_mut(maps::XDP_PROGRAM)
+            .ok_or(LoadError::Missing(maps::XDP_PROGRAM))?;
+        Ok(program.try_into()?)
+    }
+
+    pub fn tc_mut(&mut self) -> Result<&mut SchedClassifier, LoadError> {
+        let program = self
+            .ebpf
+            .program_mut(maps::TC_PROGRAM)
+            .ok_or(LoadError::Missing(maps::TC_PROGRAM))?;
+        Ok(program.try_into()?)
+    }
+
+    /// Attaches to one interface. Native XDP that the driver cannot do falls back to generic
+    /// XDP; the returned message says so.
+    pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<Option<String>, LoadError> {
+        let attach_err = |mode: AttachMode, source| LoadError::Attach {
+            iface: iface.to_string(),
+            mode: mode.name(),
+            source,
+        };
+        match mode {
+            AttachMode::Xdp => match self.xdp_mut()?.attach(iface, XdpMode::Driver) {
+                Ok(_) => Ok(None),
+                Err(native) => {
+                    self.xdp_mut()?
+                        .attach(iface, XdpMode::Skb)
+                        .map_err(|e| attach_err(AttachMode::XdpGeneric, e))?;
+                    Ok(Some(format!(
+                        "{iface}: native XDP is not available ({native}); attached in generic (skb) mode instead, which is slower. Use --mode tc or a driver with XDP support for line rate."
+                    )))
+                }
+            },
+            AttachMode::XdpGeneric => {
+                self.xdp_mut()?
+                    .attach(iface, XdpMode::Skb)
+                    .map_err(|e| attach_err(mode, e))?;
+                Ok(None)
+            }
+            AttachMode::Tc => {
+                self.tc_mut()?
+                    .attach(iface, TcAttachType::Ingress)
+                    .map_err(|e| attach_err(mode, e))?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Pins every map under the instance's directory, so that other commands (`stats`) can
+    /// open them.
+    pub fn pin_maps(&self, instance: &Instance) -> Result<(), LoadError> {
+        let dir = instance.maps_dir();
+        std::fs::create_dir_all(&dir)
+            .map_err(|err| LoadError::Io(dir.display().to_string(), err))?;
+        for name in maps::ALL {
+            self.map(name)?.pin(instance.map_pin(name))?;
+        }
+        Ok(())
+    }
+
+    /// Runs the XDP program once on `frame`; returns the XDP action.
+    pub fn run_xdp(&self, frame: &[u8]) -> Result<u32, LoadError> {
+        Ok(self.test_run_xdp(frame, 1)?.0)
+    }
+
+    /// Runs the XDP program `repeat` times; returns the action and the kernel's mean time.
+    pub fn test_run_xdp(&self, frame: &[u8], repeat: u32) -> Result<(u32, Duration), LoadError> {
+        let program: &Xdp = self
+            .ebpf
+            .program(maps::XDP_PROGRAM)
+            .ok_or(LoadError::Missing(maps::XDP_PROGRAM))?
+            .try_into()?;
+        let result = program.test_run(options(frame, repeat))?;
+        Ok((result.return_value, result.duration))
+    }
+
+    /// Runs the TC program once on `frame`; returns the TC action.
+    pub fn run_tc(&self, frame: &[u8]) -> Result<u32, LoadError> {
+        let program: &SchedClassifier = self
+            .ebpf
+            .program(maps::TC_PROGRAM)
+            .ok_or(LoadError::Missing(maps::TC_PROGRAM))?
+            .try_into()?;
+        Ok(program.test_run(options(frame, 1))?.return_value)
+    }
+
+    /// The verdict of the last packet run (needs `trace`); `None` when no packet ran since
+    /// [`Datapath::clear_last_verdict`].
+    pub fn last_verdict(&self) -> Result<Option<Verdict>, LoadError> {
+        let array: PerCpuArray<_, u32> = PerCpuArray::try_from(self.map(maps::LAST_VERDICT)?)?;
+        let values = array.get(&0, 0)?;
+        Ok(values
+            .iter()
+            .find(|&&slot| slot != u32::MAX)
+            .and_then(|&slot| Verdict::from_slot(slot)))
+    }
+
+    pub fn clear_last_verdict(&mut self) -> Result<(), LoadError> {
+        let mut array: PerCpuArray<_, u32> =
+            PerCpuArray::try_from(self.map_mut(maps::LAST_VERDICT)?)?;
+        let cpus = nr_cpus().map_err(|(what, err)| LoadError::Io(what.to_string(), err))?;
+        let values = PerCpuValues::try_from(vec![u32::MAX; cpus])
+            .map_err(|err| LoadError::Io("per-CPU values".into(), err))?;
+        array.set(0, values, 0)?;
+        Ok(())
+    }
+
+    /// Packets and bytes of one counter slot, summed over CPUs.
+    pub fn counter(&self, slot: u32) -> Result<Counter, LoadError> {
+        let array: PerCpuArray<_, Counter> = PerCpuArray::try_from(self.map(maps::COUNTERS)?)?;
+        Ok(sum(&array.get(&slot, 0)?))
+    }
+
+    pub fn flow(&self, key: &FlowKey) -> Result<Option<FlowState>, LoadError> {
+        let flows: HashMap<_, FlowKey, FlowState> = HashMap::try_from(self.map(maps::FLOWS)?)?;
+        match flows.get(key, 0) {
+            Ok(state) => Ok(Some(state)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// Forgets every tracked flow and fragment.
+    pub fn clear_flows(&mut self) -> Result<(), LoadError> {
+        let mut flows: HashMap<_, FlowKey, FlowState> =
+            HashMap::try_from(self.map_mut(maps::FLOWS)?)?;
+        let keys: Vec<FlowKey> = flows.keys().filter_map(Result::ok).collect();
+        for key in keys {
+            let _ = flows.remove(&key);
+        }
+        let mut frags: HashMap<_, director_fw_common::FragKey, director_fw_common::FragState> =
+            HashMap::try_from(self.map_mut(maps::FRAGS)?)?;
+        let keys: Vec<_> = frags.keys().filter_map(Result::ok).collect();
+        for key in keys {
+            let _ = frags.remove(&key);
+        }
+        Ok(())
+    }
+}
+
+fn options(frame: &[u8], repeat: u32) -> TestRunOptions<'_> {
+    let mut options = TestRunOptions::new();
+    options.data_in = Some(frame);
+    options.repeat = repeat;
+    options
+}
+
+pub fn sum(values: &PerCpuValues<Counter>) -> Counter {
+    values.iter().fold(Counter::default(), |acc, c| Counter {
+        packets: acc.packets + c.packets,
+        bytes: acc.bytes + c.bytes,
+    })
+}
+
+/// Opens a pinned per-CPU counter map of a running instance.
+pub fn pinned_counters(path: &Path) -> Result<PerCpuArray<MapData, Counter>, LoadError> {
+    let data = MapData::from_pin(path)?;
+    Ok(PerCpuArray::try_from(Map::PerCpuArray(data))?)
+}

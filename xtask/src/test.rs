@@ -1,0 +1,89 @@
+//! `cargo xtask test`: everything CI checks, in the order that fails fastest.
+//!
+//! The eBPF crate is outside the stable workspace (it builds for bpfel-unknown-none on
+//! nightly), so it gets its own nightly fmt and clippy steps.
+
+use std::process::Command;
+
+use anyhow::{Context, Result};
+
+use crate::bootstrap::Env;
+use crate::process;
+
+struct Step {
+    name: &'static str,
+    command: Command,
+}
+
+pub fn run(env: &Env) -> Result<()> {
+    let ebpf_dir = env.workspace.join("director-fw-ebpf");
+    let nightly_cargo = |args: &[&str]| {
+        let mut cmd = Command::new("rustup");
+        cmd.args(["run", "nightly", "cargo"])
+            .args(args)
+            .current_dir(&ebpf_dir);
+        cmd
+    };
+    let cargo = |args: &[&str]| {
+        let mut cmd = env.cargo();
+        cmd.args(args);
+        cmd
+    };
+
+    let steps = [
+        Step {
+            name: "format (workspace)",
+            command: cargo(&["fmt", "--all", "--check"]),
+        },
+        Step {
+            name: "format (eBPF crate)",
+            command: nightly_cargo(&["fmt", "--check"]),
+        },
+        Step {
+            name: "clippy (workspace)",
+            command: cargo(&[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--release",
+                "--",
+                "-D",
+                "warnings",
+            ]),
+        },
+        Step {
+            name: "clippy (eBPF crate)",
+            command: nightly_cargo(&[
+                "clippy",
+                "--release",
+                "--target",
+                "bpfel-unknown-none",
+                "-Z",
+                "build-std=core",
+                "--",
+                "-D",
+                "warnings",
+            ]),
+        },
+        Step {
+            name: "tests (workspace)",
+            // One test thread: the kernel and netns tests share global state (bpffs pins,
+            // interface names, sysctls) and must not interleave.
+            command: cargo(&["test", "--workspace", "--release", "--", "--test-threads=1"]),
+        },
+    ];
+
+    let total = steps.len();
+    for (index, mut step) in steps.into_iter().enumerate() {
+        let number = index + 1;
+        eprintln!(
+            "xtask: ==> [{number}/{total}] {}: {}",
+            step.name,
+            process::describe(&step.command)
+        );
+        process::run(&mut step.command)
+            .with_context(|| format!("step {number}/{total} ({}) failed", step.name))?;
+    }
+    eprintln!("xtask: all {total} steps passed");
+    Ok(())
+}
