@@ -22,10 +22,12 @@ const TC_PULL_LEN: u32 = 256;
 
 #[xdp]
 pub fn director_fw_xdp(ctx: XdpContext) -> u32 {
+    // LLVM must not learn that `len == end - start`: it would then prove the pointer bounds
+    // checks redundant against the length checks and drop them, and the verifier needs them.
     let frame = Frame {
         start: ctx.data(),
         end: ctx.data_end(),
-        len: ctx.data_end() - ctx.data(),
+        len: core::hint::black_box(ctx.data_end() - ctx.data()),
     };
     if verdict::judge(&frame) {
         xdp_action::XDP_PASS

@@ -1,5 +1,5 @@
-//! Parsing, from the Ethernet header down to the L4 header. Every read goes through
-//! [`Frame::load`], which checks bounds by comparing pointers (the verifier rejects a length
+//! Parsing, from the Ethernet header down to the L4 header. Every header is read through
+//! [`Frame::header`], which checks bounds by comparing pointers (the verifier rejects a length
 //! comparison). Consistency checks use `Frame::len`, the whole frame's length, because a TC
 //! packet's linear part may be shorter than the packet.
 
@@ -32,17 +32,95 @@ pub struct Frame {
 }
 
 impl Frame {
-    /// Reads a `T` at `off`, or fails when it is not all inside the readable data.
+    /// The header `T` at `off`, or `Err` when it is not all inside the readable data. Each
+    /// header is checked once and its fields read through the one pointer: the verifier
+    /// tracks bounds per pointer, and separately computed pointers lose them.
     #[inline(always)]
-    pub fn load<T: Copy>(&self, off: usize) -> Result<T, ()> {
+    pub fn header<T>(&self, off: usize) -> Result<&T, ()> {
         let at = self.start + off;
         if at + size_of::<T>() > self.end {
             return Err(());
         }
-        // SAFETY: bounds checked above; packet data has no alignment guarantee, and the
-        // kernel allows unaligned packet loads on the architectures we run on.
-        Ok(unsafe { core::ptr::read(at as *const T) })
+        // SAFETY: bounds checked above; every header type has alignment 1 or is only read on
+        // architectures where the kernel allows unaligned packet loads.
+        Ok(unsafe { &*(at as *const T) })
     }
+}
+
+#[repr(C)]
+pub struct EthHdr {
+    _macs: [u8; 12],
+    ethertype: u16,
+}
+
+#[repr(C)]
+struct VlanHdr {
+    _tci: u16,
+    ethertype: u16,
+}
+
+#[repr(C)]
+pub struct Ipv4Hdr {
+    ver_ihl: u8,
+    _tos: u8,
+    total: u16,
+    id: u16,
+    frag: u16,
+    _ttl: u8,
+    proto: u8,
+    _csum: u16,
+    src: u32,
+    dst: u32,
+}
+
+#[repr(C)]
+pub struct Ipv6Hdr {
+    ver: u8,
+    _flow: [u8; 3],
+    payload: u16,
+    next: u8,
+    _hops: u8,
+    src: [u32; 4],
+    dst: [u32; 4],
+}
+
+#[repr(C)]
+struct ExtHdr {
+    next: u8,
+    len: u8,
+}
+
+#[repr(C)]
+struct FragHdr {
+    next: u8,
+    _res: u8,
+    field: u16,
+    id: u32,
+}
+
+#[repr(C)]
+struct TcpHdr {
+    sport: u16,
+    dport: u16,
+    _seq: u32,
+    _ack: u32,
+    doff: u8,
+    flags: u8,
+}
+
+#[repr(C)]
+struct Ports {
+    sport: u16,
+    dport: u16,
+}
+
+#[repr(C)]
+struct IcmpHdr {
+    ty: u8,
+    _code: u8,
+    _csum: u16,
+    id: u16,
+    _seq: u16,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -84,13 +162,13 @@ pub fn parse(frame: &Frame) -> Result<Parsed, ()> {
     if frame.len < ETH_HLEN {
         return Err(());
     }
-    let mut ethertype = u16::from_be(frame.load::<u16>(12)?);
+    let mut ethertype = u16::from_be(frame.header::<EthHdr>(0)?.ethertype);
     let mut off = ETH_HLEN;
     for _ in 0..MAX_VLAN_TAGS {
         if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
             break;
         }
-        ethertype = u16::from_be(frame.load::<u16>(off + 2)?);
+        ethertype = u16::from_be(frame.header::<VlanHdr>(off)?.ethertype);
         off += 4;
     }
     let packet = match ethertype {
@@ -104,22 +182,20 @@ pub fn parse(frame: &Frame) -> Result<Parsed, ()> {
 
 #[inline(always)]
 fn ipv4(frame: &Frame, off: usize) -> Result<Packet, ()> {
-    let ver_ihl = frame.load::<u8>(off)?;
-    // The fixed header must be there before any field of it counts.
-    frame.load::<[u32; 5]>(off)?;
-    if ver_ihl >> 4 != 4 {
+    let ip = frame.header::<Ipv4Hdr>(off)?;
+    if ip.ver_ihl >> 4 != 4 {
         return Err(());
     }
-    let hlen = ((ver_ihl & 0x0f) as usize) * 4;
+    let hlen = ((ip.ver_ihl & 0x0f) as usize) * 4;
     if hlen < 20 {
         return Err(());
     }
-    let total = u16::from_be(frame.load::<u16>(off + 2)?) as usize;
+    let total = u16::from_be(ip.total) as usize;
     if total < hlen || off + total > frame.len {
         return Err(());
     }
-    let id = u16::from_be(frame.load::<u16>(off + 4)?) as u32;
-    let frag = u16::from_be(frame.load::<u16>(off + 6)?);
+    let id = u16::from_be(ip.id) as u32;
+    let frag = u16::from_be(ip.frag);
     let fragment = if frag & 0x1fff != 0 {
         Fragment::Later(id)
     } else if frag & 0x2000 != 0 {
@@ -129,9 +205,9 @@ fn ipv4(frame: &Frame, off: usize) -> Result<Packet, ()> {
     };
     let mut packet = Packet {
         family: 4,
-        src: [frame.load::<u32>(off + 12)?, 0, 0, 0],
-        dst: [frame.load::<u32>(off + 16)?, 0, 0, 0],
-        proto: frame.load::<u8>(off + 9)?,
+        src: [ip.src, 0, 0, 0],
+        dst: [ip.dst, 0, 0, 0],
+        proto: ip.proto,
         fragment,
         sport: 0,
         dport: 0,
@@ -146,36 +222,27 @@ fn ipv4(frame: &Frame, off: usize) -> Result<Packet, ()> {
 
 #[inline(always)]
 fn ipv6(frame: &Frame, off: usize) -> Result<Packet, ()> {
-    let ver = frame.load::<u8>(off)?;
-    frame.load::<[u32; 10]>(off)?;
-    if ver >> 4 != 6 {
+    let ip = frame.header::<Ipv6Hdr>(off)?;
+    if ip.ver >> 4 != 6 {
         return Err(());
     }
-    let payload = u16::from_be(frame.load::<u16>(off + 4)?) as usize;
-    let ip_end = off + 40 + payload;
+    let ip_end = off + 40 + u16::from_be(ip.payload) as usize;
     if ip_end > frame.len {
         return Err(());
     }
-    let mut next = frame.load::<u8>(off + 6)?;
+    let mut next = ip.next;
     let mut cur = off + 40;
     let mut fragment = Fragment::None;
     for _ in 0..MAX_EXT_HEADERS {
-        let len = match next {
-            IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS => {
-                (frame.load::<u8>(cur + 1)? as usize + 1) * 8
-            }
-            IPV6_AUTH => (frame.load::<u8>(cur + 1)? as usize + 2) * 4,
-            IPV6_FRAGMENT => 8,
-            _ => break,
-        };
-        if cur + len > ip_end {
-            return Err(());
-        }
         if next == IPV6_FRAGMENT {
-            let field = u16::from_be(frame.load::<u16>(cur + 2)?);
-            let id = u32::from_be(frame.load::<u32>(cur + 4)?);
-            next = frame.load::<u8>(cur)?;
-            cur += len;
+            if cur + 8 > ip_end {
+                return Err(());
+            }
+            let frag = frame.header::<FragHdr>(cur)?;
+            let field = u16::from_be(frag.field);
+            let id = u32::from_be(frag.id);
+            next = frag.next;
+            cur += 8;
             if field >> 3 != 0 {
                 fragment = Fragment::Later(id);
                 break;
@@ -183,18 +250,32 @@ fn ipv6(frame: &Frame, off: usize) -> Result<Packet, ()> {
             if field & 1 != 0 {
                 fragment = Fragment::First(id);
             }
-        } else {
-            next = frame.load::<u8>(cur)?;
-            cur += len;
+            continue;
         }
+        let ext = match next {
+            IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS | IPV6_AUTH => {
+                frame.header::<ExtHdr>(cur)?
+            }
+            _ => break,
+        };
+        let len = if next == IPV6_AUTH {
+            (ext.len as usize + 2) * 4
+        } else {
+            (ext.len as usize + 1) * 8
+        };
+        if cur + len > ip_end {
+            return Err(());
+        }
+        next = ext.next;
+        cur += len;
     }
     if !matches!(fragment, Fragment::Later(_)) && is_extension_header(next) {
         return Err(());
     }
     let mut packet = Packet {
         family: 6,
-        src: frame.load::<[u32; 4]>(off + 8)?,
-        dst: frame.load::<[u32; 4]>(off + 24)?,
+        src: ip.src,
+        dst: ip.dst,
         proto: next,
         fragment,
         sport: 0,
@@ -228,31 +309,33 @@ fn l4(frame: &Frame, p: &mut Packet) -> Result<(), ()> {
             if at + 20 > p.ip_end {
                 return Err(());
             }
-            let doff = (frame.load::<u8>(at + 12)? >> 4) as usize;
+            let tcp = frame.header::<TcpHdr>(at)?;
+            let doff = (tcp.doff >> 4) as usize;
             if doff < 5 || at + doff * 4 > p.ip_end {
                 return Err(());
             }
-            p.sport = u16::from_be(frame.load::<u16>(at)?);
-            p.dport = u16::from_be(frame.load::<u16>(at + 2)?);
-            p.tcp_flags = frame.load::<u8>(at + 13)?;
+            p.sport = u16::from_be(tcp.sport);
+            p.dport = u16::from_be(tcp.dport);
+            p.tcp_flags = tcp.flags;
         }
         (proto::UDP, _) => {
             if at + 8 > p.ip_end {
                 return Err(());
             }
-            p.sport = u16::from_be(frame.load::<u16>(at)?);
-            p.dport = u16::from_be(frame.load::<u16>(at + 2)?);
+            let udp = frame.header::<Ports>(at)?;
+            p.sport = u16::from_be(udp.sport);
+            p.dport = u16::from_be(udp.dport);
         }
         (proto::ICMP, 4) | (proto::ICMPV6, 6) => {
             if at + 8 > p.ip_end {
                 return Err(());
             }
-            p.icmp_type = frame.load::<u8>(at)?;
+            let icmp = frame.header::<IcmpHdr>(at)?;
+            p.icmp_type = icmp.ty;
             // The echo identifier stands in for both ports, so that a request and its reply
             // share one flow key.
-            let id = u16::from_be(frame.load::<u16>(at + 4)?);
-            p.sport = id;
-            p.dport = id;
+            p.sport = u16::from_be(icmp.id);
+            p.dport = p.sport;
         }
         _ => {}
     }
@@ -265,29 +348,34 @@ fn l4(frame: &Frame, p: &mut Packet) -> Result<(), ()> {
 pub fn quoted_flow(frame: &Frame, p: &Packet) -> Option<([u32; 4], u16, [u32; 4], u16, u8)> {
     let inner = p.l4 + 8;
     let (src, dst, proto, l4) = if p.family == 4 {
-        let ver_ihl = frame.load::<u8>(inner).ok()?;
-        if ver_ihl >> 4 != 4 || inner + 20 > p.ip_end {
+        if inner + 20 > p.ip_end {
             return None;
         }
-        let hlen = ((ver_ihl & 0x0f) as usize) * 4;
-        if hlen < 20 {
+        let ip = frame.header::<Ipv4Hdr>(inner).ok()?;
+        let hlen = ((ip.ver_ihl & 0x0f) as usize) * 4;
+        if ip.ver_ihl >> 4 != 4 || hlen < 20 {
             return None;
         }
-        let src = [frame.load::<u32>(inner + 12).ok()?, 0, 0, 0];
-        let dst = [frame.load::<u32>(inner + 16).ok()?, 0, 0, 0];
-        (src, dst, frame.load::<u8>(inner + 9).ok()?, inner + hlen)
+        ([ip.src, 0, 0, 0], [ip.dst, 0, 0, 0], ip.proto, inner + hlen)
     } else {
-        if frame.load::<u8>(inner).ok()? >> 4 != 6 || inner + 40 > p.ip_end {
+        if inner + 40 > p.ip_end {
             return None;
         }
-        let src = frame.load::<[u32; 4]>(inner + 8).ok()?;
-        let dst = frame.load::<[u32; 4]>(inner + 24).ok()?;
-        (src, dst, frame.load::<u8>(inner + 6).ok()?, inner + 40)
+        let ip = frame.header::<Ipv6Hdr>(inner).ok()?;
+        if ip.ver >> 4 != 6 {
+            return None;
+        }
+        (ip.src, ip.dst, ip.next, inner + 40)
     };
     if (proto != proto::TCP && proto != proto::UDP) || l4 + 4 > p.ip_end {
         return None;
     }
-    let sport = u16::from_be(frame.load::<u16>(l4).ok()?);
-    let dport = u16::from_be(frame.load::<u16>(l4 + 2).ok()?);
-    Some((src, sport, dst, dport, proto))
+    let ports = frame.header::<Ports>(l4).ok()?;
+    Some((
+        src,
+        u16::from_be(ports.sport),
+        dst,
+        u16::from_be(ports.dport),
+        proto,
+    ))
 }

@@ -1,0 +1,506 @@
+//! The real eBPF object judged packet by packet through BPF_PROG_TEST_RUN.
+
+mod common;
+
+use common::{addr, frames::*, lab_policy, root_or_skip, Kernel};
+use director_fw::policy::Source;
+use director_fw_common::{
+    config::{FLAG_AUDIT, FLAG_ICMP_ECHO_DENY},
+    DropReason, PassKind, Verdict,
+};
+use director_fw_lab::Role;
+
+const NO_RULE: Verdict = Verdict::Drop(DropReason::NoRule);
+const MALFORMED: Verdict = Verdict::Drop(DropReason::Malformed);
+const UNPROTECTED: Verdict = Verdict::Pass(PassKind::Unprotected);
+
+fn role(name: &str) -> Role {
+    *Role::ALL
+        .iter()
+        .find(|r| r.name() == name)
+        .expect("lab role")
+}
+
+fn syn(from: Role, to: Role, dport: u16, v6: bool) -> Vec<u8> {
+    Frame::tcp(addr(from, v6), 40000, addr(to, v6), dport, TCP_SYN).bytes()
+}
+
+macro_rules! kernel {
+    ($name:literal) => {{
+        if !root_or_skip($name) {
+            return;
+        }
+        Kernel::load(lab_policy(""))
+    }};
+}
+
+#[test]
+fn every_rule_passes_its_port_and_only_its_port() {
+    let mut k = kernel!("every_rule_passes_its_port_and_only_its_port");
+    let rules = k.policy.rules.clone();
+    for v6 in [false, true] {
+        for rule in &rules {
+            let to = role(k.policy.role_name(rule.to));
+            let sources: Vec<Role> = match rule.from {
+                Source::Any => Role::ALL.to_vec(),
+                Source::Role(r) => vec![role(k.policy.role_name(r))],
+            };
+            let (first, last) = (*rule.ports[0].start(), *rule.ports[0].end());
+            for &from in &sources {
+                for port in first..=last {
+                    k.datapath.clear_flows().unwrap();
+                    assert_eq!(
+                        k.judge(&syn(from, to, port, v6)),
+                        k.rule(&rule.id),
+                        "{} {from} v6={v6}",
+                        rule.id
+                    );
+                }
+                // Neighbouring ports are closed, unless another rule opens them there.
+                for port in [first - 1, last + 1] {
+                    let open = rules
+                        .iter()
+                        .any(|r| r.to == rule.to && r.matches_port(port));
+                    if !open {
+                        assert_eq!(
+                            k.judge(&syn(from, to, port, v6)),
+                            NO_RULE,
+                            "{} port {port}",
+                            rule.id
+                        );
+                    }
+                }
+                // The same port over UDP is not open.
+                let udp = Frame::udp(addr(from, v6), 40000, addr(to, v6), first).bytes();
+                assert_eq!(k.judge(&udp), NO_RULE, "{} over udp", rule.id);
+            }
+            // Other roles: only those some rule lets in on this port pass.
+            for &from in Role::ALL.iter().filter(|r| !sources.contains(r)) {
+                k.datapath.clear_flows().unwrap();
+                let allowed = rules.iter().find(|r| {
+                    r.to == rule.to
+                        && r.matches_port(first)
+                        && match r.from {
+                            Source::Any => true,
+                            Source::Role(s) => k.policy.role_name(s) == from.name(),
+                        }
+                });
+                let expected = match allowed {
+                    Some(r) => k.rule(&r.id),
+                    None => NO_RULE,
+                };
+                assert_eq!(
+                    k.judge(&syn(from, to, first, v6)),
+                    expected,
+                    "{} from {from}",
+                    rule.id
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn outsiders_reach_unprotected_hosts_only() {
+    let mut k = kernel!("outsiders_reach_unprotected_hosts_only");
+    for v6 in [false, true] {
+        // The reverse proxy and the clients are never a rule's destination.
+        for to in [Role::ReverseProxy, Role::InternalClients] {
+            assert_eq!(k.judge(&syn(Role::Outsider, to, 22, v6)), UNPROTECTED);
+        }
+        assert_eq!(
+            k.judge(&syn(Role::Outsider, Role::Director, 443, v6)),
+            NO_RULE
+        );
+        assert_eq!(
+            k.judge(&syn(Role::Outsider, Role::FrontEnd, 444, v6)),
+            NO_RULE
+        );
+        let cls = k.rule("any-edge-cls");
+        assert_eq!(
+            k.judge(&syn(Role::Outsider, Role::EdgeInternal, 50001, v6)),
+            cls
+        );
+    }
+}
+
+#[test]
+fn replies_pass_only_after_the_forward_packet() {
+    let mut k = kernel!("replies_pass_only_after_the_forward_packet");
+    for v6 in [false, true] {
+        let (dir, fe) = (addr(Role::Director, v6), addr(Role::FrontEnd, v6));
+        let reply = Frame::tcp(fe, 444, dir, 50123, TCP_SYN | TCP_ACK).bytes();
+        assert_eq!(k.judge(&reply), NO_RULE, "no flow yet");
+        let forward = Frame::tcp(dir, 50123, fe, 444, TCP_SYN).bytes();
+        assert_eq!(k.judge(&forward), k.rule("director-fe-https"));
+        assert_eq!(k.judge(&reply), Verdict::Pass(PassKind::Flow));
+        let ack = Frame::tcp(dir, 50123, fe, 444, TCP_ACK).bytes();
+        assert_eq!(k.judge(&ack), Verdict::Pass(PassKind::Flow));
+        // Another port of the same pair is not part of the flow.
+        let other = Frame::tcp(fe, 444, dir, 50124, TCP_ACK).bytes();
+        assert_eq!(k.judge(&other), NO_RULE);
+    }
+}
+
+#[test]
+fn mid_stream_packets_pick_the_flow_up() {
+    let mut k = kernel!("mid_stream_packets_pick_the_flow_up");
+    let (rp, dir) = (addr(Role::ReverseProxy, false), addr(Role::Director, false));
+    let data = Frame::tcp(rp, 41000, dir, 4443, TCP_ACK | TCP_PSH)
+        .payload(100)
+        .bytes();
+    assert_eq!(k.judge(&data), k.rule("rp-director-https"));
+    assert_eq!(k.judge(&data), Verdict::Pass(PassKind::Flow));
+}
+
+#[test]
+fn protected_hosts_get_replies_to_their_own_connections() {
+    let mut k = kernel!("protected_hosts_get_replies_to_their_own_connections");
+    let (dir, out) = (addr(Role::Director, false), addr(Role::Outsider, false));
+    let reply = Frame::tcp(out, 443, dir, 51000, TCP_SYN | TCP_ACK).bytes();
+    assert_eq!(k.judge(&reply), NO_RULE);
+    assert_eq!(
+        k.judge(&Frame::tcp(dir, 51000, out, 443, TCP_SYN).bytes()),
+        UNPROTECTED
+    );
+    assert_eq!(k.judge(&reply), Verdict::Pass(PassKind::Flow));
+}
+
+#[test]
+fn fin_and_rst_close_the_flow() {
+    if !root_or_skip("fin_and_rst_close_the_flow") {
+        return;
+    }
+    let policy = lab_policy("");
+    let mut config = common::test_config(&policy);
+    config.tcp_closing_timeout_ns = 0;
+    let mut k = Kernel::with_config(policy, config);
+    let (dir, fe) = (addr(Role::Director, false), addr(Role::FrontEnd, false));
+    let reply = Frame::tcp(fe, 444, dir, 50200, TCP_ACK).bytes();
+    assert_eq!(
+        k.judge(&Frame::tcp(dir, 50200, fe, 444, TCP_SYN).bytes()),
+        k.rule("director-fe-https")
+    );
+    assert_eq!(k.judge(&reply), Verdict::Pass(PassKind::Flow));
+    assert_eq!(
+        k.judge(&Frame::tcp(fe, 444, dir, 50200, TCP_RST | TCP_ACK).bytes()),
+        Verdict::Pass(PassKind::Flow)
+    );
+    // Closing timeout 0: the next packet of a reset flow finds nothing (coarse clock ticks).
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    assert_eq!(k.judge(&reply), NO_RULE);
+
+    assert_eq!(
+        k.judge(&Frame::tcp(dir, 50201, fe, 444, TCP_SYN).bytes()),
+        k.rule("director-fe-https")
+    );
+    assert_eq!(
+        k.judge(&Frame::tcp(dir, 50201, fe, 444, TCP_FIN | TCP_ACK).bytes()),
+        Verdict::Pass(PassKind::Flow)
+    );
+    let fin_back = Frame::tcp(fe, 444, dir, 50201, TCP_FIN | TCP_ACK).bytes();
+    assert_eq!(
+        k.judge(&fin_back),
+        Verdict::Pass(PassKind::Flow),
+        "one FIN leaves the flow open"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    assert_eq!(k.judge(&fin_back), NO_RULE, "both FINs close it");
+}
+
+#[test]
+fn impossible_tcp_flags_are_dropped_to_protected_hosts() {
+    let mut k = kernel!("impossible_tcp_flags_are_dropped_to_protected_hosts");
+    let bad = Verdict::Drop(DropReason::BadTcpFlags);
+    let (rp, dir) = (addr(Role::ReverseProxy, false), addr(Role::Director, false));
+    for flags in [TCP_SYN | TCP_FIN, TCP_SYN | TCP_RST, 0, 0xc0] {
+        k.datapath.clear_flows().unwrap();
+        assert_eq!(
+            k.judge(&Frame::tcp(rp, 1, dir, 4443, flags).bytes()),
+            bad,
+            "flags {flags:#x}"
+        );
+        assert_eq!(
+            k.judge(&Frame::tcp(dir, 1, rp, 4443, flags).bytes()),
+            UNPROTECTED
+        );
+    }
+}
+
+#[test]
+fn fragments_follow_their_first_fragment() {
+    let mut k = kernel!("fragments_follow_their_first_fragment");
+    for v6 in [false, true] {
+        let (cl, dir) = (addr(Role::InternalClients, v6), addr(Role::Director, v6));
+        let first = Frame::tcp(cl, 42000, dir, 443, TCP_ACK)
+            .fragment(7, 0, true)
+            .payload(64)
+            .bytes();
+        let later = |id| {
+            Frame::tcp(cl, 0, dir, 0, 0)
+                .fragment(id, 11, false)
+                .payload(64)
+                .bytes()
+        };
+        assert_eq!(
+            k.judge(&later(7)),
+            Verdict::Drop(DropReason::Fragment),
+            "before the first"
+        );
+        assert_eq!(k.judge(&first), k.rule("clients-director-https"));
+        assert_eq!(k.judge(&later(7)), Verdict::Pass(PassKind::Fragment));
+        assert_eq!(k.judge(&later(8)), Verdict::Drop(DropReason::Fragment));
+        // A denied first fragment opens nothing.
+        let denied = Frame::tcp(cl, 42000, dir, 22, TCP_ACK)
+            .fragment(9, 0, true)
+            .payload(64)
+            .bytes();
+        assert_eq!(k.judge(&denied), NO_RULE);
+        assert_eq!(k.judge(&later(9)), Verdict::Drop(DropReason::Fragment));
+        // Fragments to unprotected hosts pass.
+        let free = Frame::tcp(dir, 0, cl, 0, 0)
+            .fragment(10, 11, false)
+            .payload(8)
+            .bytes();
+        assert_eq!(k.judge(&free), UNPROTECTED);
+    }
+}
+
+#[test]
+fn vlan_tags_options_and_extension_headers_are_parsed() {
+    let mut k = kernel!("vlan_tags_options_and_extension_headers_are_parsed");
+    let rule = k.rule("rp-director-http");
+    for v6 in [false, true] {
+        let (rp, dir) = (addr(Role::ReverseProxy, v6), addr(Role::Director, v6));
+        for vlans in 0..=2 {
+            k.datapath.clear_flows().unwrap();
+            let f = Frame::tcp(rp, 43000, dir, 8080, TCP_SYN)
+                .vlans(vlans)
+                .bytes();
+            assert_eq!(k.judge(&f), rule, "{vlans} tags");
+        }
+        assert_eq!(
+            k.judge(&Frame::tcp(rp, 43000, dir, 8080, TCP_SYN).vlans(3).bytes()),
+            MALFORMED
+        );
+    }
+    let (rp, dir) = (addr(Role::ReverseProxy, false), addr(Role::Director, false));
+    for words in [1, 5, 10] {
+        k.datapath.clear_flows().unwrap();
+        let mut f = Frame::tcp(rp, 43000, dir, 8080, TCP_SYN);
+        f.ipv4_option_words = words;
+        assert_eq!(k.judge(&f.bytes()), rule, "{words} option words");
+    }
+    let (rp, dir) = (addr(Role::ReverseProxy, true), addr(Role::Director, true));
+    for ext in [vec![0], vec![0, 60], vec![0, 43, 60, 60, 60, 60]] {
+        k.datapath.clear_flows().unwrap();
+        let mut f = Frame::tcp(rp, 43000, dir, 8080, TCP_SYN);
+        f.ipv6_ext = ext.clone();
+        assert_eq!(k.judge(&f.bytes()), rule, "extension headers {ext:?}");
+    }
+    let mut f = Frame::tcp(rp, 43000, dir, 8080, TCP_SYN);
+    f.ipv6_ext = vec![60; 7];
+    assert_eq!(
+        k.judge(&f.bytes()),
+        MALFORMED,
+        "more extension headers than the walk allows"
+    );
+}
+
+#[test]
+fn truncated_and_inconsistent_headers_are_malformed() {
+    let mut k = kernel!("truncated_and_inconsistent_headers_are_malformed");
+    let (rp, dir) = (addr(Role::ReverseProxy, false), addr(Role::Director, false));
+    let good = Frame::tcp(rp, 43000, dir, 8080, TCP_SYN).bytes();
+    // BPF_PROG_TEST_RUN refuses XDP frames shorter than an Ethernet header, so the shortest
+    // case here is a bare Ethernet header claiming IPv4.
+    for cut in [14, 14 + 19, 14 + 20 + 19] {
+        assert_eq!(k.judge(&good[..cut]), MALFORMED, "cut at {cut}");
+    }
+    let mutate = |at: usize, value: u8| {
+        let mut f = good.clone();
+        f[at] = value;
+        f
+    };
+    assert_eq!(k.judge(&mutate(14, 0x44)), MALFORMED, "IHL 4");
+    assert_eq!(
+        k.judge(&mutate(14, 0x65)),
+        MALFORMED,
+        "version 6 in an IPv4 frame"
+    );
+    assert_eq!(
+        k.judge(&mutate(16, 0x10)),
+        MALFORMED,
+        "total length beyond the frame"
+    );
+    assert_eq!(
+        k.judge(&mutate(17, 0x10)),
+        MALFORMED,
+        "total length shorter than the header"
+    );
+    assert_eq!(
+        k.judge(&mutate(14 + 20 + 12, 0x40)),
+        MALFORMED,
+        "TCP data offset 4"
+    );
+    assert_eq!(
+        k.judge(&mutate(14 + 20 + 12, 0xf0)),
+        MALFORMED,
+        "TCP data offset past the end"
+    );
+    let v6 = Frame::tcp(
+        addr(Role::ReverseProxy, true),
+        1,
+        addr(Role::Director, true),
+        8080,
+        TCP_SYN,
+    )
+    .bytes();
+    assert_eq!(k.judge(&v6[..14 + 39]), MALFORMED);
+    let mut long = v6.clone();
+    long[14 + 5] = 200;
+    assert_eq!(k.judge(&long), MALFORMED, "payload length beyond the frame");
+    // Padding after the IP packet is fine.
+    let mut padded = good.clone();
+    padded.extend([0; 20]);
+    assert_eq!(k.judge(&padded), k.rule("rp-director-http"));
+}
+
+#[test]
+fn non_ip_passes() {
+    let mut k = kernel!("non_ip_passes");
+    let mut arp = vec![0xff; 6];
+    arp.extend([2, 0, 0, 0, 0, 1, 0x08, 0x06]);
+    arp.extend([0; 28]);
+    assert_eq!(k.judge(&arp), Verdict::Pass(PassKind::NonIp));
+}
+
+#[test]
+fn icmp_echo_neighbour_discovery_and_errors() {
+    let mut k = kernel!("icmp_echo_neighbour_discovery_and_errors");
+    for v6 in [false, true] {
+        let (echo, reply, unreach) = if v6 { (128, 129, 1) } else { (8, 0, 3) };
+        let (out, dir, fe) = (
+            addr(Role::Outsider, v6),
+            addr(Role::Director, v6),
+            addr(Role::FrontEnd, v6),
+        );
+        assert_eq!(
+            k.judge(&Frame::icmp(out, dir, echo, 5).bytes()),
+            Verdict::Pass(PassKind::IcmpEcho)
+        );
+        assert_eq!(
+            k.judge(&Frame::icmp(out, dir, reply, 6).bytes()),
+            NO_RULE,
+            "an unsolicited reply"
+        );
+        assert_eq!(
+            k.judge(&Frame::icmp(out, dir, 13, 6).bytes()),
+            NO_RULE,
+            "other ICMP types"
+        );
+        // An error about a tracked flow passes, about an unknown one it does not.
+        let forward = Frame::tcp(dir, 50300, fe, 444, TCP_SYN);
+        let error = icmp_error(out, dir, unreach, &forward).bytes();
+        assert_eq!(k.judge(&error), NO_RULE);
+        assert_eq!(k.judge(&forward.bytes()), k.rule("director-fe-https"));
+        assert_eq!(k.judge(&error), Verdict::Pass(PassKind::Flow));
+    }
+    let (out, dir) = (addr(Role::Outsider, true), addr(Role::Director, true));
+    for nd in 133..=137 {
+        assert_eq!(
+            k.judge(&Frame::icmp(out, dir, nd, 0).bytes()),
+            Verdict::Pass(PassKind::NeighborDiscovery)
+        );
+    }
+    let mut config = k.config;
+    config.flags |= FLAG_ICMP_ECHO_DENY;
+    k.datapath.set_config(&config).unwrap();
+    assert_eq!(k.judge(&Frame::icmp(out, dir, 128, 9).bytes()), NO_RULE);
+}
+
+#[test]
+fn audit_mode_counts_drops_and_drops_nothing() {
+    let mut k = kernel!("audit_mode_counts_drops_and_drops_nothing");
+    let mut config = k.config;
+    config.flags |= FLAG_AUDIT;
+    k.datapath.set_config(&config).unwrap();
+    let (rp, dir) = (addr(Role::ReverseProxy, false), addr(Role::Director, false));
+    assert_eq!(
+        k.judge(&Frame::tcp(rp, 1, dir, 22, TCP_SYN).bytes()),
+        Verdict::Audit(DropReason::NoRule)
+    );
+    let short = Frame::tcp(rp, 1, dir, 22, TCP_SYN).bytes();
+    assert_eq!(k.judge(&short[..20]), Verdict::Audit(DropReason::Malformed));
+    assert_eq!(
+        k.judge(&Frame::tcp(rp, 1, dir, 8080, TCP_SYN).bytes()),
+        k.rule("rp-director-http")
+    );
+}
+
+#[test]
+fn unprotected_drop_keeps_management_reachable() {
+    if !root_or_skip("unprotected_drop_keeps_management_reachable") {
+        return;
+    }
+    let mgmt = "\n[options]\nunprotected = \"drop\"\n[[rules]]\nid = \"ssh\"\nfrom = \"any\"\nto = \"management\"\nproto = \"tcp\"\nports = [22]\n[peers]\nmanagement = [\"198.18.6.1\"]\ndirector = [\"198.18.2.10\"]\n";
+    let mut k = Kernel::load(lab_policy(mgmt));
+    let out = addr(Role::Outsider, false);
+    let gw: std::net::IpAddr = "198.18.6.1".parse().unwrap();
+    assert_eq!(
+        k.judge(&Frame::tcp(out, 1, gw, 22, TCP_SYN).bytes()),
+        k.rule("ssh")
+    );
+    let elsewhere = addr(Role::ReverseProxy, false);
+    assert_eq!(
+        k.judge(&Frame::tcp(out, 1, elsewhere, 22, TCP_SYN).bytes()),
+        Verdict::Drop(DropReason::Unprotected)
+    );
+}
+
+#[test]
+fn counters_count_packets_and_bytes() {
+    let mut k = kernel!("counters_count_packets_and_bytes");
+    let frame = syn(Role::EdgeInternal, Role::Director, 5061, false);
+    let slot = k.rule("edge-director-sip").slot();
+    let drop_slot = NO_RULE.slot();
+    let before = k.datapath.counter(slot).unwrap();
+    let drops_before = k.datapath.counter(drop_slot).unwrap();
+    for _ in 0..3 {
+        k.datapath.clear_flows().unwrap();
+        k.judge(&frame);
+    }
+    k.judge(&syn(Role::EdgeInternal, Role::Director, 5060, false));
+    let after = k.datapath.counter(slot).unwrap();
+    assert_eq!(after.packets - before.packets, 3);
+    assert_eq!(after.bytes - before.bytes, 3 * frame.len() as u64);
+    assert_eq!(
+        k.datapath.counter(drop_slot).unwrap().packets - drops_before.packets,
+        1
+    );
+}
+
+#[test]
+fn tc_program_judges_like_xdp() {
+    let mut k = kernel!("tc_program_judges_like_xdp");
+    let frames = [
+        syn(Role::ReverseProxy, Role::Director, 8080, false),
+        syn(Role::ReverseProxy, Role::Director, 8081, true),
+        Frame::tcp(
+            addr(Role::ReverseProxy, false),
+            1,
+            addr(Role::Director, false),
+            8080,
+            TCP_SYN,
+        )
+        .vlans(2)
+        .bytes(),
+        syn(Role::Outsider, Role::InternalClients, 22, true),
+    ];
+    for frame in &frames {
+        k.datapath.clear_flows().unwrap();
+        let xdp = k.judge(frame);
+        k.datapath.clear_flows().unwrap();
+        assert_eq!(k.judge_tc(frame), xdp);
+    }
+}
