@@ -45,7 +45,7 @@ pub fn port_open(cfg: &Config, dst_roles: u32, proto: u8, port: u16) -> bool {
         proto,
         generation: cfg.generation as u8,
     };
-    PORTS.get_ptr(&key).is_some()
+    PORTS.get_ptr(key).is_some()
 }
 
 /// Index of the first rule that passes this source to this destination and port.
@@ -58,5 +58,5 @@ pub fn rule(cfg: &Config, dst_roles: u32, src_roles: u32, proto: u8, port: u16) 
         proto,
         generation: cfg.generation as u8,
     };
-    RULES.get_ptr(&key).map(|index| unsafe { *index })
+    RULES.get_ptr(key).map(|index| unsafe { *index })
 }

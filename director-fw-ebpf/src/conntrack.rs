@@ -62,7 +62,7 @@ fn key(p: &Packet) -> (FlowKey, bool) {
 #[inline(always)]
 pub fn refresh(cfg: &Config, p: &Packet) -> bool {
     let (key, from_lo) = key(p);
-    let Some(state) = FLOWS.get_ptr_mut(&key) else {
+    let Some(state) = FLOWS.get_ptr_mut(key) else {
         return false;
     };
     // SAFETY: the pointer is to a live map value; a concurrent update of the same flow on
@@ -95,7 +95,7 @@ pub fn create(p: &Packet) {
     };
     // A full LRU evicts its oldest entry, so insertion only fails on memory pressure; the
     // packet still passes and the flow is picked up again by its next forward packet.
-    let _ = FLOWS.insert(&key, &state, 0);
+    let _ = FLOWS.insert(key, state, 0);
 }
 
 /// Whether the flow an ICMP error quotes is live.
@@ -127,7 +127,7 @@ fn fragment_key(p: &Packet, id: u32) -> FragKey {
 
 #[inline(always)]
 pub fn first_fragment_passed(cfg: &Config, p: &Packet, id: u32) -> bool {
-    match FRAGS.get_ptr(&fragment_key(p, id)) {
+    match FRAGS.get_ptr(fragment_key(p, id)) {
         Some(state) => {
             now().wrapping_sub(unsafe { (*state).last_seen_ns }) <= cfg.fragment_timeout_ns
         }
@@ -140,5 +140,5 @@ pub fn remember_first_fragment(p: &Packet, id: u32) {
     let state = FragState {
         last_seen_ns: now(),
     };
-    let _ = FRAGS.insert(&fragment_key(p, id), &state, 0);
+    let _ = FRAGS.insert(fragment_key(p, id), state, 0);
 }

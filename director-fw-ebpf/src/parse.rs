@@ -5,7 +5,7 @@
 
 use core::mem::size_of;
 
-use director_fw_common::proto;
+use director_fw_common::{proto, FlowKey};
 
 pub const ETH_HLEN: usize = 14;
 const ETH_P_IPV4: u16 = 0x0800;
@@ -342,10 +342,10 @@ fn l4(frame: &Frame, p: &mut Packet) -> Result<(), ()> {
     Ok(())
 }
 
-/// The 5-tuple of the packet quoted in an ICMP error, when it is TCP or UDP of the same
-/// family and wholly present: `(src, sport, dst, dport, proto)`.
+/// The flow of the packet quoted in an ICMP error, when it is TCP or UDP of the same family
+/// and its ports are present.
 #[inline(always)]
-pub fn quoted_flow(frame: &Frame, p: &Packet) -> Option<([u32; 4], u16, [u32; 4], u16, u8)> {
+pub fn quoted_flow(frame: &Frame, p: &Packet) -> Option<FlowKey> {
     let inner = p.l4 + 8;
     let (src, dst, proto, l4) = if p.family == 4 {
         if inner + 20 > p.ip_end {
@@ -371,11 +371,13 @@ pub fn quoted_flow(frame: &Frame, p: &Packet) -> Option<([u32; 4], u16, [u32; 4]
         return None;
     }
     let ports = frame.header::<Ports>(l4).ok()?;
-    Some((
+    let (key, _) = FlowKey::new(
         src,
         u16::from_be(ports.sport),
         dst,
         u16::from_be(ports.dport),
         proto,
-    ))
+        p.family,
+    );
+    Some(key)
 }

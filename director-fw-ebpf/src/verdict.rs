@@ -5,7 +5,7 @@
 
 use director_fw_common::{
     config::{FLAG_AUDIT, FLAG_ICMP_ECHO_DENY, FLAG_UNPROTECTED_DROP},
-    proto, Config, DropReason, FlowKey, PassKind, Verdict,
+    proto, Config, DropReason, PassKind, Verdict,
 };
 
 use crate::{
@@ -158,15 +158,8 @@ fn decide(frame: &Frame, cfg: &Config, p: &Packet, dst_roles: u32, dst_protected
             Verdict::Pass(PassKind::IcmpEcho)
         }
         Kind::IcmpError => match parse::quoted_flow(frame, p) {
-            Some((src, sport, dst, dport, l4)) => {
-                let (key, _) = FlowKey::new(src, sport, dst, dport, l4, p.family);
-                if conntrack::is_live(cfg, &key) {
-                    Verdict::Pass(PassKind::Flow)
-                } else {
-                    Verdict::Drop(DropReason::NoRule)
-                }
-            }
-            None => Verdict::Drop(DropReason::NoRule),
+            Some(key) if conntrack::is_live(cfg, &key) => Verdict::Pass(PassKind::Flow),
+            _ => Verdict::Drop(DropReason::NoRule),
         },
         _ => Verdict::Drop(DropReason::NoRule),
     }

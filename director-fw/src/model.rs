@@ -304,7 +304,7 @@ fn kind(p: &Packet) -> Kind {
 /// SYN with FIN, SYN with RST, or none of FIN/SYN/RST/PSH/ACK/URG.
 pub fn impossible_tcp_flags(flags: u8) -> bool {
     let syn = flags & TCP_SYN != 0;
-    (syn && flags & TCP_FIN != 0) || (syn && flags & TCP_RST != 0) || flags & 0x3f == 0
+    (syn && flags & (TCP_FIN | TCP_RST) != 0) || flags & 0x3f == 0
 }
 
 #[derive(Clone, Copy, Debug)]

@@ -45,7 +45,10 @@ pub enum StatsError {
     #[error(transparent)]
     Instance(#[from] crate::instance::InstanceError),
     #[error("reading the counters of instance {instance:?}: {source}")]
-    Read { instance: String, source: LoadError },
+    Read {
+        instance: String,
+        source: Box<LoadError>,
+    },
 }
 
 pub fn read(instance: &Instance) -> Result<Stats, StatsError> {
@@ -56,7 +59,7 @@ pub fn read(instance: &Instance) -> Result<Stats, StatsError> {
     })
     .map_err(|source| StatsError::Read {
         instance: instance.name.clone(),
-        source,
+        source: Box::new(source),
     })
 }
 

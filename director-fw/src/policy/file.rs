@@ -100,7 +100,7 @@ impl Locator<'_> {
         }
     }
 
-    fn from_toml(&self, err: &toml::de::Error) -> PolicyError {
+    fn toml_error(&self, err: &toml::de::Error) -> PolicyError {
         let line = err.span().map(|span| self.line_of(span.start));
         // The key on the offending line, when there is one, is the best name for the field.
         let field = line
@@ -119,7 +119,7 @@ impl Locator<'_> {
 
 pub(super) fn parse(source: &str, text: &str) -> Result<Policy, PolicyError> {
     let at = Locator { source, text };
-    let raw: RawPolicy = toml::from_str(text).map_err(|err| at.from_toml(&err))?;
+    let raw: RawPolicy = toml::from_str(text).map_err(|err| at.toml_error(&err))?;
 
     let mut policy = match &raw.profile {
         Some(name) if name.get_ref() == profile::NAME => profile::lync2013_single_director(),

@@ -36,8 +36,10 @@ follows the document as written. To let the CLS controller collect logs from the
     proto = \"tcp\"
     ports = [\"50001-50003\"]";
 
-/// (id, from, to, first port, last port, origin)
-const RULES: [(&str, Option<usize>, usize, u16, u16, &str); 12] = [
+/// (id, from (`None`: any), to, first port, last port, origin)
+type RuleRow = (&'static str, Option<usize>, usize, u16, u16, &'static str);
+
+const RULES: [RuleRow; 12] = [
     (
         "rp-director-http",
         Some(REVERSE_PROXY),
