@@ -40,8 +40,20 @@ pub enum LoadError {
         mode: &'static str,
         source: ProgramError,
     },
+    #[error("no network interface {0:?} in this network namespace")]
+    NoInterface(String),
     #[error("{0}: {1}")]
     Io(String, std::io::Error),
+}
+
+/// Looks the name up in the caller's network namespace (unlike /sys/class/net, which
+/// belongs to the mount namespace).
+fn interface_exists(iface: &str) -> bool {
+    let Ok(name) = std::ffi::CString::new(iface) else {
+        return false;
+    };
+    // SAFETY: a valid NUL-terminated string; the call only reads it.
+    unsafe { libc::if_nametoindex(name.as_ptr()) != 0 }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -164,6 +176,9 @@ impl Datapath {
     /// Attaches to one interface. Native XDP that the driver cannot do falls back to generic
     /// XDP; the returned message says so.
     pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<Option<String>, LoadError> {
+        if !interface_exists(iface) {
+            return Err(LoadError::NoInterface(iface.to_string()));
+        }
         let attach_err = |mode: AttachMode, source| LoadError::Attach {
             iface: iface.to_string(),
             mode: mode.name(),
