@@ -145,10 +145,10 @@ pub struct Packet {
     pub dport: u16,
     pub tcp_flags: u8,
     pub icmp_type: u8,
-    /// Offset of the L4 header from the frame start.
-    pub l4: usize,
-    /// End of the IP packet (from its length field), from the frame start.
-    pub ip_end: usize,
+    /// For an ICMP error: the flow of the packet it quotes. Read here, with the rest of the
+    /// packet, so that no packet offset outlives parsing: offsets differ per VLAN and
+    /// extension-header path, and states that differ cannot be merged by the verifier.
+    pub quoted: Option<FlowKey>,
 }
 
 pub enum Parsed {
@@ -213,10 +213,9 @@ fn ipv4(frame: &Frame, off: usize) -> Result<Packet, ()> {
         dport: 0,
         tcp_flags: 0,
         icmp_type: 0,
-        l4: off + hlen,
-        ip_end: off + total,
+        quoted: None,
     };
-    l4(frame, &mut packet)?;
+    l4(frame, &mut packet, off + hlen, off + total)?;
     Ok(packet)
 }
 
@@ -282,10 +281,9 @@ fn ipv6(frame: &Frame, off: usize) -> Result<Packet, ()> {
         dport: 0,
         tcp_flags: 0,
         icmp_type: 0,
-        l4: cur,
-        ip_end,
+        quoted: None,
     };
-    l4(frame, &mut packet)?;
+    l4(frame, &mut packet, cur, ip_end)?;
     Ok(packet)
 }
 
@@ -297,21 +295,21 @@ fn is_extension_header(next: u8) -> bool {
     )
 }
 
-/// Reads ports, TCP flags or the ICMP type. A later fragment has no L4 header.
+/// Reads ports, TCP flags or the ICMP type from the L4 header at `at`, inside the IP packet
+/// that ends at `ip_end`. A later fragment has no L4 header.
 #[inline(always)]
-fn l4(frame: &Frame, p: &mut Packet) -> Result<(), ()> {
+fn l4(frame: &Frame, p: &mut Packet, at: usize, ip_end: usize) -> Result<(), ()> {
     if matches!(p.fragment, Fragment::Later(_)) {
         return Ok(());
     }
-    let at = p.l4;
     match (p.proto, p.family) {
         (proto::TCP, _) => {
-            if at + 20 > p.ip_end {
+            if at + 20 > ip_end {
                 return Err(());
             }
             let tcp = frame.header::<TcpHdr>(at)?;
             let doff = (tcp.doff >> 4) as usize;
-            if doff < 5 || at + doff * 4 > p.ip_end {
+            if doff < 5 || at + doff * 4 > ip_end {
                 return Err(());
             }
             p.sport = u16::from_be(tcp.sport);
@@ -319,7 +317,7 @@ fn l4(frame: &Frame, p: &mut Packet) -> Result<(), ()> {
             p.tcp_flags = tcp.flags;
         }
         (proto::UDP, _) => {
-            if at + 8 > p.ip_end {
+            if at + 8 > ip_end {
                 return Err(());
             }
             let udp = frame.header::<Ports>(at)?;
@@ -327,7 +325,7 @@ fn l4(frame: &Frame, p: &mut Packet) -> Result<(), ()> {
             p.dport = u16::from_be(udp.dport);
         }
         (proto::ICMP, 4) | (proto::ICMPV6, 6) => {
-            if at + 8 > p.ip_end {
+            if at + 8 > ip_end {
                 return Err(());
             }
             let icmp = frame.header::<IcmpHdr>(at)?;
@@ -336,19 +334,28 @@ fn l4(frame: &Frame, p: &mut Packet) -> Result<(), ()> {
             // share one flow key.
             p.sport = u16::from_be(icmp.id);
             p.dport = p.sport;
+            if is_icmp_error(p.family, p.icmp_type) {
+                p.quoted = quoted_flow(frame, p.family, at, ip_end);
+            }
         }
         _ => {}
     }
     Ok(())
 }
 
-/// The flow of the packet quoted in an ICMP error, when it is TCP or UDP of the same family
-/// and its ports are present.
+/// Destination unreachable (including fragmentation needed), packet too big, time exceeded.
 #[inline(always)]
-pub fn quoted_flow(frame: &Frame, p: &Packet) -> Option<FlowKey> {
-    let inner = p.l4 + 8;
-    let (src, dst, proto, l4) = if p.family == 4 {
-        if inner + 20 > p.ip_end {
+pub fn is_icmp_error(family: u8, icmp_type: u8) -> bool {
+    matches!((family, icmp_type), (4, 3 | 11) | (6, 1..=3))
+}
+
+/// The flow of the packet quoted in an ICMP error at `at`, when it is TCP or UDP of the same
+/// family and its ports are present.
+#[inline(always)]
+fn quoted_flow(frame: &Frame, family: u8, at: usize, ip_end: usize) -> Option<FlowKey> {
+    let inner = at + 8;
+    let (src, dst, proto, l4) = if family == 4 {
+        if inner + 20 > ip_end {
             return None;
         }
         let ip = frame.header::<Ipv4Hdr>(inner).ok()?;
@@ -358,7 +365,7 @@ pub fn quoted_flow(frame: &Frame, p: &Packet) -> Option<FlowKey> {
         }
         ([ip.src, 0, 0, 0], [ip.dst, 0, 0, 0], ip.proto, inner + hlen)
     } else {
-        if inner + 40 > p.ip_end {
+        if inner + 40 > ip_end {
             return None;
         }
         let ip = frame.header::<Ipv6Hdr>(inner).ok()?;
@@ -367,7 +374,7 @@ pub fn quoted_flow(frame: &Frame, p: &Packet) -> Option<FlowKey> {
         }
         (ip.src, ip.dst, ip.next, inner + 40)
     };
-    if (proto != proto::TCP && proto != proto::UDP) || l4 + 4 > p.ip_end {
+    if (proto != proto::TCP && proto != proto::UDP) || l4 + 4 > ip_end {
         return None;
     }
     let ports = frame.header::<Ports>(l4).ok()?;
@@ -377,7 +384,7 @@ pub fn quoted_flow(frame: &Frame, p: &Packet) -> Option<FlowKey> {
         dst,
         u16::from_be(ports.dport),
         proto,
-        p.family,
+        family,
     );
     Some(key)
 }

@@ -35,7 +35,7 @@ fn judge_with(frame: &Frame, cfg: &Config) -> Verdict {
     };
     let dst_roles = classify::roles(cfg, p.family, &p.dst);
     let dst_protected = dst_roles & cfg.to_roles != 0;
-    let verdict = decide(frame, cfg, &p, dst_roles, dst_protected);
+    let verdict = decide(cfg, &p, dst_roles, dst_protected);
     if let Verdict::Drop(reason) = verdict {
         return audited(cfg, reason);
     }
@@ -84,7 +84,9 @@ fn kind(p: &Packet) -> Kind {
         (_, proto::TCP | proto::UDP, _) => Kind::Ported,
         (4, proto::ICMP, 8) | (6, proto::ICMPV6, 128) => Kind::EchoRequest,
         (4, proto::ICMP, 0) | (6, proto::ICMPV6, 129) => Kind::EchoReply,
-        (4, proto::ICMP, 3 | 11) | (6, proto::ICMPV6, 1..=3) => Kind::IcmpError,
+        (4, proto::ICMP, t) | (6, proto::ICMPV6, t) if parse::is_icmp_error(p.family, t) => {
+            Kind::IcmpError
+        }
         (6, proto::ICMPV6, 133..=137) => Kind::NeighborDiscovery,
         _ => Kind::Other,
     }
@@ -99,7 +101,7 @@ fn bad_tcp_flags(flags: u8) -> bool {
 }
 
 #[inline(always)]
-fn decide(frame: &Frame, cfg: &Config, p: &Packet, dst_roles: u32, dst_protected: bool) -> Verdict {
+fn decide(cfg: &Config, p: &Packet, dst_roles: u32, dst_protected: bool) -> Verdict {
     if let Fragment::Later(id) = p.fragment {
         if !dst_protected {
             return unprotected(cfg);
@@ -157,8 +159,8 @@ fn decide(frame: &Frame, cfg: &Config, p: &Packet, dst_roles: u32, dst_protected
             conntrack::create(p);
             Verdict::Pass(PassKind::IcmpEcho)
         }
-        Kind::IcmpError => match parse::quoted_flow(frame, p) {
-            Some(key) if conntrack::is_live(cfg, &key) => Verdict::Pass(PassKind::Flow),
+        Kind::IcmpError => match &p.quoted {
+            Some(key) if conntrack::is_live(cfg, key) => Verdict::Pass(PassKind::Flow),
             _ => Verdict::Drop(DropReason::NoRule),
         },
         _ => Verdict::Drop(DropReason::NoRule),

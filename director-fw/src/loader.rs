@@ -89,9 +89,32 @@ pub struct Datapath {
 }
 
 impl Datapath {
-    /// Loads the object sized for `compiled`, writes the policy, and loads both programs.
-    /// `trace` records each verdict in `LAST_VERDICT` for tests.
+    /// Loads the object sized for `compiled`, writes the policy, and loads (verifies) both
+    /// programs. `trace` records each verdict in `LAST_VERDICT` for tests.
     pub fn load(policy: &Policy, compiled: &Compiled, trace: bool) -> Result<Datapath, LoadError> {
+        let mut datapath = Datapath::open(policy, compiled, trace)?;
+        datapath.xdp_mut()?.load()?;
+        datapath.tc_mut()?.load()?;
+        Ok(datapath)
+    }
+
+    /// Like [`Datapath::load`], but verifies only the program that `mode` attaches: program
+    /// verification is most of the time an agent takes to start.
+    pub fn load_for(
+        policy: &Policy,
+        compiled: &Compiled,
+        mode: AttachMode,
+    ) -> Result<Datapath, LoadError> {
+        let mut datapath = Datapath::open(policy, compiled, false)?;
+        match mode {
+            AttachMode::Xdp | AttachMode::XdpGeneric => datapath.xdp_mut()?.load()?,
+            AttachMode::Tc => datapath.tc_mut()?.load()?,
+        }
+        Ok(datapath)
+    }
+
+    /// Creates the maps and writes the policy; loads no program.
+    fn open(policy: &Policy, compiled: &Compiled, trace: bool) -> Result<Datapath, LoadError> {
         let trace = u8::from(trace);
         let rule_entries = compiled.rules.len().max(compiled.ports.len());
         let ebpf = EbpfLoader::new()
@@ -107,8 +130,6 @@ impl Datapath {
             .load(OBJECT)?;
         let mut datapath = Datapath { ebpf };
         datapath.write_policy(compiled)?;
-        datapath.xdp_mut()?.load()?;
-        datapath.tc_mut()?.load()?;
         Ok(datapath)
     }
 

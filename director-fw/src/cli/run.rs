@@ -40,7 +40,7 @@ pub fn run(instance: &Instance, args: Args) -> Result<()> {
     let compiled = compile(&policy)?;
     instance.claim()?;
 
-    let mut datapath = Datapath::load(&policy, &compiled, false)?;
+    let mut datapath = Datapath::load_for(&policy, &compiled, args.mode)?;
     for iface in &args.ifaces {
         // An error drops the datapath, which detaches the interfaces already attached.
         if let Some(warning) = datapath.attach(iface, args.mode)? {

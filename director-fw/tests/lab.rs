@@ -1,0 +1,462 @@
+//! End to end in the network-namespace lab (SPEC section 6): the real agent binary runs in the
+//! lab's gateway namespace with the built-in profile and the lab's hosts as peers, and real
+//! TCP/UDP connections between the hosts must pass or fail exactly as the policy says, over
+//! IPv4 and IPv6, in XDP and in TC mode. Afterwards `stats --json` must show the traffic, and
+//! stopping the agent must remove its pins.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::root_or_skip;
+use director_fw_lab::{netns_command, tcp_exchange, udp_exchange, Lab, Role};
+use serde_json::Value;
+
+use Role::{Director, EdgeInternal, FrontEnd, InternalClients, Outsider, ReverseProxy};
+
+const AGENT: &str = env!("CARGO_BIN_EXE_director-fw");
+/// The line the agent prints to stderr once it enforces.
+const READY_LINE: &str = "director-fw: instance";
+/// How long the agent may take to load, attach and pin.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the agent may take to detach after SIGTERM before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections that should work finish in milliseconds; this only bounds a failure.
+const PASS_TIMEOUT: Duration = Duration::from_secs(2);
+/// Connections that should fail: short, so that a dropped IPv6 SYN reads as "no connection"
+/// rather than as a late "unreachable".
+const DROP_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Every (from, to, port) the profile's 12 rules open, with the rule that opens it. The
+/// `any` rule is tried from the outsider (no role at all) and from a role host, on each port.
+const ALLOWED: &[(Role, Role, u16, &str)] = &[
+    (ReverseProxy, Director, 8080, "rp-director-http"),
+    (ReverseProxy, Director, 4443, "rp-director-https"),
+    (Director, FrontEnd, 444, "director-fe-https"),
+    (InternalClients, Director, 80, "clients-director-http"),
+    (InternalClients, Director, 443, "clients-director-https"),
+    (EdgeInternal, Director, 5061, "edge-director-sip"),
+    (Outsider, EdgeInternal, 50001, "any-edge-cls"),
+    (Outsider, EdgeInternal, 50002, "any-edge-cls"),
+    (Outsider, EdgeInternal, 50003, "any-edge-cls"),
+    (InternalClients, EdgeInternal, 50001, "any-edge-cls"),
+    (InternalClients, EdgeInternal, 50002, "any-edge-cls"),
+    (InternalClients, EdgeInternal, 50003, "any-edge-cls"),
+    (ReverseProxy, FrontEnd, 8080, "rp-fe-http"),
+    (ReverseProxy, FrontEnd, 4443, "rp-fe-https"),
+    (EdgeInternal, FrontEnd, 5061, "edge-fe-sip"),
+    (Director, EdgeInternal, 5061, "director-edge-sip"),
+    (FrontEnd, EdgeInternal, 5061, "fe-edge-sip"),
+];
+
+/// TCP connections to protected hosts that no rule opens. No two share a destination and
+/// port, so they can run at the same time.
+const DENIED_TCP: &[(Role, Role, u16)] = &[
+    (Outsider, Director, 443),
+    (InternalClients, Director, 8080),
+    (ReverseProxy, FrontEnd, 444),
+    (Director, FrontEnd, 443),
+    (EdgeInternal, Director, 5062),
+    (InternalClients, FrontEnd, 5061),
+    (ReverseProxy, EdgeInternal, 5061),
+    (Outsider, EdgeInternal, 50004),
+    (FrontEnd, Director, 444),
+];
+
+/// UDP to protected hosts: every rule is TCP, so none is open.
+const DENIED_UDP: &[(Role, Role, u16)] = &[
+    (InternalClients, Director, 443),
+    (Outsider, EdgeInternal, 50001),
+];
+
+/// TCP that passes without a rule: to unprotected hosts, and from protected hosts outwards,
+/// whose replies come back as a tracked flow.
+const OPEN_TCP: &[(Role, Role, u16)] = &[
+    (Outsider, ReverseProxy, 22),
+    (Outsider, InternalClients, 9000),
+    (Director, Outsider, 9000),
+    (FrontEnd, InternalClients, 9001),
+    (EdgeInternal, ReverseProxy, 9002),
+];
+
+/// UDP from a protected host outwards: the reply comes back as a tracked flow.
+const OPEN_UDP: &[(Role, Role, u16)] = &[(Director, Outsider, 5353)];
+
+#[test]
+fn lab_enforces_the_profile_in_xdp_mode() {
+    if !root_or_skip("lab_enforces_the_profile_in_xdp_mode") {
+        return;
+    }
+    enforce_the_profile("xdp");
+}
+
+#[test]
+fn lab_enforces_the_profile_in_tc_mode() {
+    if !root_or_skip("lab_enforces_the_profile_in_tc_mode") {
+        return;
+    }
+    enforce_the_profile("tc");
+}
+
+fn enforce_the_profile(mode: &str) {
+    let started = Instant::now();
+    let instance = format!("labtest-{}-{mode}", std::process::id());
+    let pin_dir = Path::new("/sys/fs/bpf/director-fw").join(&instance);
+    {
+        let mut run = LabRun::start(&instance, mode);
+        eprintln!(
+            "[{mode}] lab {} up, agent enforcing after {:.1?}",
+            run.lab.prefix(),
+            started.elapsed()
+        );
+        let mut failures = Vec::new();
+        for ipv6 in [false, true] {
+            let ip = if ipv6 { "IPv6" } else { "IPv4" };
+            failures.extend(check_allowed(&run.lab, ipv6, ip));
+            failures.extend(check_open(&run.lab, ipv6, ip));
+            failures.extend(check_denied(&run.lab, ipv6, ip));
+        }
+        failures.extend(check_stats(&instance));
+
+        let status = run.stop_agent();
+        match status {
+            Some(status) if status.success() => {}
+            other => failures.push(format!(
+                "the agent did not exit cleanly on SIGTERM: {other:?}"
+            )),
+        }
+        assert!(
+            failures.is_empty(),
+            "[{mode}] {} check(s) failed:\n  {}",
+            failures.len(),
+            failures.join("\n  ")
+        );
+        // `run` drops here: the policy file and the lab go.
+    }
+    assert!(
+        !pin_dir.exists(),
+        "{} is still there after the agent stopped",
+        pin_dir.display()
+    );
+    let info = Path::new("/run/director-fw").join(format!("{instance}.json"));
+    assert!(
+        !info.exists(),
+        "{} is still there after the agent stopped",
+        info.display()
+    );
+    eprintln!("[{mode}] passed in {:.1?}", started.elapsed());
+}
+
+/// Every connection a rule opens completes, and data goes both ways.
+fn check_allowed(lab: &Lab, ipv6: bool, ip: &str) -> Vec<String> {
+    let mut failures = Vec::new();
+    for &(from, to, port, rule) in ALLOWED {
+        let what = format!("{ip} tcp {from} -> {to} port {port} (rule {rule})");
+        match tcp_exchange(lab.host(from), lab.host(to), port, ipv6, PASS_TIMEOUT) {
+            Ok(true) => {}
+            Ok(false) => failures.push(format!("{what}: should connect, but did not")),
+            Err(e) => failures.push(format!("{what}: should connect, but failed: {e:#}")),
+        }
+    }
+    failures
+}
+
+/// Traffic to unprotected hosts, and protected hosts' own outbound connections, pass.
+fn check_open(lab: &Lab, ipv6: bool, ip: &str) -> Vec<String> {
+    let mut failures = Vec::new();
+    for &(from, to, port) in OPEN_TCP {
+        let what = format!("{ip} tcp {from} -> {to} port {port} (no rule needed)");
+        match tcp_exchange(lab.host(from), lab.host(to), port, ipv6, PASS_TIMEOUT) {
+            Ok(true) => {}
+            Ok(false) => failures.push(format!("{what}: should connect, but did not")),
+            Err(e) => failures.push(format!("{what}: should connect, but failed: {e:#}")),
+        }
+    }
+    for &(from, to, port) in OPEN_UDP {
+        let what = format!("{ip} udp {from} -> {to} port {port} (reply by flow)");
+        match udp_exchange(lab.host(from), lab.host(to), port, ipv6, PASS_TIMEOUT) {
+            Ok(true) => {}
+            Ok(false) => failures.push(format!("{what}: no reply came back")),
+            Err(e) => failures.push(format!("{what}: failed: {e:#}")),
+        }
+    }
+    failures
+}
+
+/// Connections no rule opens do not establish. They all wait for a timeout, so they run at
+/// the same time (no two bind the same address and port).
+fn check_denied(lab: &Lab, ipv6: bool, ip: &str) -> Vec<String> {
+    thread::scope(|s| {
+        let mut attempts = Vec::new();
+        for &(from, to, port) in DENIED_TCP {
+            let what = format!("{ip} tcp {from} -> {to} port {port} (no rule)");
+            let (a, b) = (lab.host(from), lab.host(to));
+            attempts.push((
+                what,
+                s.spawn(move || tcp_exchange(a, b, port, ipv6, DROP_TIMEOUT)),
+            ));
+        }
+        for &(from, to, port) in DENIED_UDP {
+            let what = format!("{ip} udp {from} -> {to} port {port} (no rule)");
+            let (a, b) = (lab.host(from), lab.host(to));
+            attempts.push((
+                what,
+                s.spawn(move || udp_exchange(a, b, port, ipv6, DROP_TIMEOUT)),
+            ));
+        }
+        let mut failures = Vec::new();
+        for (what, handle) in attempts {
+            match handle.join() {
+                Ok(Ok(false)) => {}
+                Ok(Ok(true)) => {
+                    failures.push(format!("{what}: should be blocked, but got through"))
+                }
+                Ok(Err(e)) => failures.push(format!(
+                    "{what}: should time out silently, but failed: {e:#}"
+                )),
+                Err(_) => failures.push(format!("{what}: the exchange thread panicked")),
+            }
+        }
+        failures
+    })
+}
+
+/// `stats --json` shows packets for every rule (all were exercised), for the flow and
+/// unprotected passes, and for `no-rule` drops.
+fn check_stats(instance: &str) -> Vec<String> {
+    let out = Command::new(AGENT)
+        .args(["--instance", instance, "stats", "--json"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("running director-fw stats --json");
+    assert!(
+        out.status.success(),
+        "director-fw stats --json failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    let stats: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stats --json printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    let packets = |section: &str, key: &str, name: &str, audit: Option<bool>| -> Option<u64> {
+        stats[section]
+            .as_array()?
+            .iter()
+            .find(|e| e[key] == name && audit.is_none_or(|a| e["audit"].as_bool() == Some(a)))?
+            ["packets"]
+            .as_u64()
+    };
+
+    let mut failures = Vec::new();
+    let mut rules: Vec<&str> = ALLOWED.iter().map(|a| a.3).collect();
+    rules.dedup();
+    let listed = stats["rules"].as_array().map_or(0, Vec::len);
+    if listed != 12 {
+        failures.push(format!("stats lists {listed} rules, the profile has 12"));
+    }
+    for rule in rules {
+        match packets("rules", "id", rule, None) {
+            Some(n) if n > 0 => {}
+            other => failures.push(format!("stats: rule {rule} counted {other:?} packets")),
+        }
+    }
+    for kind in ["flow", "unprotected"] {
+        match packets("passes", "kind", kind, None) {
+            Some(n) if n > 0 => {}
+            other => failures.push(format!("stats: pass {kind} counted {other:?} packets")),
+        }
+    }
+    match packets("drops", "reason", "no-rule", Some(false)) {
+        Some(n) if n > 0 => {}
+        other => failures.push(format!("stats: drop no-rule counted {other:?} packets")),
+    }
+    if !failures.is_empty() {
+        failures.push(format!(
+            "stats were: {}",
+            String::from_utf8_lossy(&out.stdout)
+        ));
+    }
+    failures
+}
+
+/// The lab, the policy file and the agent of one test. Dropping it, also during a panic,
+/// stops the agent (by PID), removes the policy file and then deletes the lab.
+struct LabRun {
+    agent: Option<Agent>,
+    policy_file: PathBuf,
+    lab: Lab,
+}
+
+impl LabRun {
+    fn start(instance: &str, mode: &str) -> LabRun {
+        let lab = Lab::new().expect("building the lab");
+        let policy_file = std::env::temp_dir().join(format!("director-fw-{instance}.toml"));
+        let mut run = LabRun {
+            agent: None,
+            policy_file,
+            lab,
+        };
+        let policy = format!(
+            "profile = \"lync2013-single-director\"\n\n{}",
+            run.lab.peers_toml()
+        );
+        std::fs::write(&run.policy_file, policy).expect("writing the policy file");
+        let mut ifaces = Vec::new();
+        for iface in run.lab.gateway_ifaces() {
+            ifaces.push("--iface".to_string());
+            ifaces.push(iface);
+        }
+        let agent = Agent::start(
+            run.lab.gateway_ns(),
+            instance,
+            &ifaces,
+            &run.policy_file,
+            mode,
+        );
+        // From here on, Drop stops the agent whatever happens.
+        let agent = run.agent.insert(agent);
+        agent.wait_enforcing(instance);
+        run
+    }
+
+    /// Stops the agent now; `None` if it had to be killed or could not be waited for.
+    fn stop_agent(&mut self) -> Option<ExitStatus> {
+        self.agent.take().and_then(|mut agent| agent.stop())
+    }
+}
+
+impl Drop for LabRun {
+    fn drop(&mut self) {
+        drop(self.agent.take());
+        let _ = std::fs::remove_file(&self.policy_file);
+        // `lab` drops after this, deleting the namespaces.
+    }
+}
+
+/// The agent process, started in the gateway namespace by nsenter (which execs it, so the
+/// child's PID is the agent's). Its stderr is forwarded line by line.
+struct Agent {
+    child: Child,
+    lines: Receiver<String>,
+    log: Arc<Mutex<Vec<String>>>,
+    stopped: bool,
+}
+
+impl Agent {
+    fn start(
+        gateway_ns: &str,
+        instance: &str,
+        ifaces: &[String],
+        policy: &Path,
+        mode: &str,
+    ) -> Agent {
+        let mut cmd = netns_command(gateway_ns, Path::new(AGENT)).expect("nsenter command");
+        cmd.args(["--instance", instance, "run"])
+            .args(ifaces)
+            .arg("--policy")
+            .arg(policy)
+            .args(["--mode", mode])
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("starting the agent via nsenter");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, lines) = mpsc::channel();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let keep = Arc::clone(&log);
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("  agent | {line}");
+                if let Ok(mut log) = keep.lock() {
+                    log.push(line.clone());
+                }
+                // The receiver may be gone once the agent is up; keep draining regardless.
+                let _ = tx.send(line);
+            }
+        });
+        Agent {
+            child,
+            lines,
+            log,
+            stopped: false,
+        }
+    }
+
+    /// Waits (bounded) for the agent's "enforcing" line and its pinned counters.
+    fn wait_enforcing(&mut self, instance: &str) {
+        let counters = Path::new("/sys/fs/bpf/director-fw")
+            .join(instance)
+            .join("maps/COUNTERS");
+        let deadline = Instant::now() + START_TIMEOUT;
+        let mut ready = false;
+        while !(ready && counters.exists()) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "the agent is not enforcing after {START_TIMEOUT:?} (ready line seen: {ready}, {} exists: {}); its stderr: {:?}",
+                counters.display(),
+                counters.exists(),
+                self.log()
+            );
+            match self.lines.recv_timeout(left.min(Duration::from_millis(50))) {
+                Ok(line) => ready |= line.starts_with(READY_LINE),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    let status = self.child.wait().ok();
+                    self.stopped = true;
+                    panic!(
+                        "the agent exited before enforcing ({status:?}); its stderr: {:?}",
+                        self.log()
+                    );
+                }
+            }
+        }
+    }
+
+    fn log(&self) -> Vec<String> {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// SIGTERM by PID, wait (bounded), then SIGKILL. Never panics (it runs in Drop).
+    fn stop(&mut self) -> Option<ExitStatus> {
+        if self.stopped {
+            return None;
+        }
+        self.stopped = true;
+        if let Ok(Some(status)) = self.child.try_wait() {
+            return Some(status);
+        }
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: plain syscall; `pid` is our own child, not yet reaped, so it is not reused.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while Instant::now() < deadline {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return Some(status),
+                Ok(None) => thread::sleep(Duration::from_millis(20)),
+                Err(_) => break,
+            }
+        }
+        let _ = writeln!(
+            std::io::stderr(),
+            "agent pid {pid} did not stop within {STOP_TIMEOUT:?} of SIGTERM; killing it"
+        );
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        None
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
