@@ -34,7 +34,8 @@ const PASS_TIMEOUT: Duration = Duration::from_secs(2);
 const DROP_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Every (from, to, port) the profile's 12 rules open, with the rule that opens it. The
-/// `any` rule is tried from the outsider (no role at all) and from a role host, on each port.
+/// `any` rule is tried from every other host, the outsider (no role at all) included, on
+/// each port.
 const ALLOWED: &[(Role, Role, u16, &str)] = &[
     (ReverseProxy, Director, 8080, "rp-director-http"),
     (ReverseProxy, Director, 4443, "rp-director-https"),
@@ -48,6 +49,15 @@ const ALLOWED: &[(Role, Role, u16, &str)] = &[
     (InternalClients, EdgeInternal, 50001, "any-edge-cls"),
     (InternalClients, EdgeInternal, 50002, "any-edge-cls"),
     (InternalClients, EdgeInternal, 50003, "any-edge-cls"),
+    (ReverseProxy, EdgeInternal, 50001, "any-edge-cls"),
+    (ReverseProxy, EdgeInternal, 50002, "any-edge-cls"),
+    (ReverseProxy, EdgeInternal, 50003, "any-edge-cls"),
+    (Director, EdgeInternal, 50001, "any-edge-cls"),
+    (Director, EdgeInternal, 50002, "any-edge-cls"),
+    (Director, EdgeInternal, 50003, "any-edge-cls"),
+    (FrontEnd, EdgeInternal, 50001, "any-edge-cls"),
+    (FrontEnd, EdgeInternal, 50002, "any-edge-cls"),
+    (FrontEnd, EdgeInternal, 50003, "any-edge-cls"),
     (ReverseProxy, FrontEnd, 8080, "rp-fe-http"),
     (ReverseProxy, FrontEnd, 4443, "rp-fe-https"),
     (EdgeInternal, FrontEnd, 5061, "edge-fe-sip"),
