@@ -1,3 +1,105 @@
-pub fn run(_args: &[String]) -> anyhow::Result<()> {
-    anyhow::bail!("not built yet")
+//! `cargo xtask bench`: the kernel cost per packet and the control-plane load time (SPEC
+//! section 7).
+//!
+//! Builds the floor programs (`bench-floors-ebpf`, nightly, bpfel-unknown-none, with the
+//! bpf-linker the bootstrap put on PATH), then runs director-fw's `kernel` bench with
+//! `DIRECTOR_FW_FLOORS_OBJ` naming the object. The bench prints its table and writes
+//! `target/bench/kernel.json`. Arguments are passed to the bench (`--quick`, `--rounds N`, ...).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result};
+
+use crate::process;
+
+/// The floors crate, relative to the workspace root. It has its own `[workspace]` and
+/// toolchain file, like director-fw-ebpf.
+const FLOORS_CRATE: &str = "bench-floors-ebpf";
+/// Its binary (the eBPF object) name.
+const FLOORS_BIN: &str = "bench-floors";
+
+/// Settings of the stable cargo running xtask that must not reach the nightly eBPF build.
+const STABLE_ONLY_ENV: &[&str] = &[
+    "RUSTC",
+    "RUSTC_WRAPPER",
+    "RUSTC_WORKSPACE_WRAPPER",
+    "RUSTFLAGS",
+    "CARGO_ENCODED_RUSTFLAGS",
+    "CARGO_BUILD_TARGET",
+    "CARGO_TARGET_DIR",
+    "RUSTUP_TOOLCHAIN",
+    "CARGO",
+];
+
+pub fn run(args: &[String]) -> Result<()> {
+    let workspace = workspace_root()?;
+    let target = target_dir(&workspace);
+    let object = build_floors(&workspace, &target)?;
+
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(&workspace)
+        .args(["bench", "-p", "director-fw", "--bench", "kernel", "--"])
+        .args(args)
+        .env("DIRECTOR_FW_FLOORS_OBJ", &object)
+        .env(
+            "DIRECTOR_FW_BENCH_OUT",
+            target.join("bench").join("kernel.json"),
+        );
+    eprintln!("xtask: ==> {}", process::describe(&cmd));
+    process::run(&mut cmd).context("the kernel bench failed")?;
+
+    // Control plane: loading 100,000 peers; writes target/bench/control.json.
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(&workspace)
+        .args(["bench", "-p", "director-fw", "--bench", "control"]);
+    eprintln!("xtask: ==> {}", process::describe(&cmd));
+    process::run(&mut cmd).context("the control bench failed")
+}
+
+/// Builds the floors object into `<target>/bench-floors-ebpf` (so nothing lands in the
+/// source tree) and returns its path.
+fn build_floors(workspace: &Path, target: &Path) -> Result<PathBuf> {
+    let target_dir = target.join(FLOORS_CRATE);
+    let mut cmd = Command::new("rustup");
+    cmd.args([
+        "run",
+        "nightly",
+        "cargo",
+        "build",
+        "--release",
+        "--target-dir",
+    ])
+    .arg(&target_dir)
+    .current_dir(workspace.join(FLOORS_CRATE));
+    for var in STABLE_ONLY_ENV {
+        cmd.env_remove(var);
+    }
+    eprintln!("xtask: ==> {}", process::describe(&cmd));
+    process::run(&mut cmd).context("building the bench floor programs failed")?;
+    let object = target_dir
+        .join("bpfel-unknown-none")
+        .join("release")
+        .join(FLOORS_BIN);
+    if !object.is_file() {
+        anyhow::bail!("the floors build produced no {}", object.display());
+    }
+    Ok(object)
+}
+
+/// xtask lives one directory below the workspace root.
+fn workspace_root() -> Result<PathBuf> {
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir
+        .parent()
+        .map(Path::to_path_buf)
+        .with_context(|| format!("{} has no parent directory", manifest_dir.display()))
+}
+
+/// Where cargo puts the workspace's build: `CARGO_TARGET_DIR` wins, as in cargo.
+fn target_dir(workspace: &Path) -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => workspace.join(dir),
+        None => workspace.join("target"),
+    }
 }

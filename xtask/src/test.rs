@@ -16,14 +16,25 @@ struct Step {
 }
 
 pub fn run(env: &Env) -> Result<()> {
-    let ebpf_dir = env.workspace.join("director-fw-ebpf");
-    let nightly_cargo = |args: &[&str]| {
+    // The eBPF crates build on nightly for bpfel-unknown-none, each in its own workspace.
+    let nightly_cargo = |crate_dir: &str, args: &[&str]| {
         let mut cmd = Command::new("rustup");
         cmd.args(["run", "nightly", "cargo"])
             .args(args)
-            .current_dir(&ebpf_dir);
+            .current_dir(env.workspace.join(crate_dir));
         cmd
     };
+    const EBPF_CLIPPY: [&str; 9] = [
+        "clippy",
+        "--release",
+        "--target",
+        "bpfel-unknown-none",
+        "-Z",
+        "build-std=core",
+        "--",
+        "-D",
+        "warnings",
+    ];
     let cargo = |args: &[&str]| {
         let mut cmd = env.cargo();
         cmd.args(args);
@@ -37,7 +48,11 @@ pub fn run(env: &Env) -> Result<()> {
         },
         Step {
             name: "format (eBPF crate)",
-            command: nightly_cargo(&["fmt", "--check"]),
+            command: nightly_cargo("director-fw-ebpf", &["fmt", "--check"]),
+        },
+        Step {
+            name: "format (bench floors eBPF crate)",
+            command: nightly_cargo("bench-floors-ebpf", &["fmt", "--check"]),
         },
         Step {
             name: "clippy (workspace)",
@@ -53,17 +68,11 @@ pub fn run(env: &Env) -> Result<()> {
         },
         Step {
             name: "clippy (eBPF crate)",
-            command: nightly_cargo(&[
-                "clippy",
-                "--release",
-                "--target",
-                "bpfel-unknown-none",
-                "-Z",
-                "build-std=core",
-                "--",
-                "-D",
-                "warnings",
-            ]),
+            command: nightly_cargo("director-fw-ebpf", &EBPF_CLIPPY),
+        },
+        Step {
+            name: "clippy (bench floors eBPF crate)",
+            command: nightly_cargo("bench-floors-ebpf", &EBPF_CLIPPY),
         },
         Step {
             name: "tests (workspace)",
