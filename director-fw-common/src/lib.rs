@@ -15,6 +15,15 @@ pub use flow::{FlowKey, FlowState, FragKey, FragState};
 pub use rules::{PortKey, RuleKey};
 pub use verdict::{Counter, DropReason, PassKind, Verdict};
 
+/// TCP header flag bits.
+pub mod tcp_flags {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const PSH: u8 = 0x08;
+    pub const ACK: u8 = 0x10;
+}
+
 /// IP protocol numbers the datapath knows.
 pub mod proto {
     pub const ICMP: u8 = 1;

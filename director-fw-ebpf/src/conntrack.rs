@@ -4,18 +4,13 @@
 use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use director_fw_common::{
     flow::{FLOW_BOTH_FIN, FLOW_FIN_HI, FLOW_FIN_LO, FLOW_RST},
-    proto, Config, FlowKey, FlowState, FragKey, FragState,
+    proto, tcp_flags, Config, FlowKey, FlowState, FragKey, FragState,
 };
 
 use crate::{
     maps::{FLOWS, FRAGS},
     parse::Packet,
 };
-
-const TCP_FIN: u8 = 0x01;
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
-const TCP_ACK: u8 = 0x10;
 
 /// A coarse clock is enough for timeouts of seconds, and costs less per packet.
 #[inline(always)]
@@ -39,15 +34,15 @@ fn idle_timeout(cfg: &Config, proto: u8, flags: u32) -> u64 {
 #[inline(always)]
 fn tcp_flags_after(mut flags: u32, tcp: u8, from_lo: bool) -> u32 {
     // A SYN on a closed flow is a new connection on the same tuple.
-    if tcp & (TCP_SYN | TCP_ACK) == TCP_SYN
+    if tcp & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN
         && (flags & FLOW_RST != 0 || flags & FLOW_BOTH_FIN == FLOW_BOTH_FIN)
     {
         flags = 0;
     }
-    if tcp & TCP_RST != 0 {
+    if tcp & tcp_flags::RST != 0 {
         flags |= FLOW_RST;
     }
-    if tcp & TCP_FIN != 0 {
+    if tcp & tcp_flags::FIN != 0 {
         flags |= if from_lo { FLOW_FIN_LO } else { FLOW_FIN_HI };
     }
     flags

@@ -5,7 +5,7 @@
 
 use director_fw_common::{
     config::{FLAG_AUDIT, FLAG_ICMP_ECHO_DENY, FLAG_UNPROTECTED_DROP},
-    proto, Config, DropReason, PassKind, Verdict,
+    proto, tcp_flags, Config, DropReason, PassKind, Verdict,
 };
 
 use crate::{
@@ -94,10 +94,9 @@ fn kind(p: &Packet) -> Kind {
 
 #[inline(always)]
 fn bad_tcp_flags(flags: u8) -> bool {
-    const FIN: u8 = 0x01;
-    const SYN: u8 = 0x02;
-    const RST: u8 = 0x04;
-    flags & (SYN | FIN) == SYN | FIN || flags & (SYN | RST) == SYN | RST || flags & 0x3f == 0
+    flags & (tcp_flags::SYN | tcp_flags::FIN) == tcp_flags::SYN | tcp_flags::FIN
+        || flags & (tcp_flags::SYN | tcp_flags::RST) == tcp_flags::SYN | tcp_flags::RST
+        || flags & 0x3f == 0
 }
 
 #[inline(always)]
@@ -138,7 +137,12 @@ fn decide(cfg: &Config, p: &Packet, dst_roles: u32, dst_protected: bool) -> Verd
     if p.proto == proto::TCP && bad_tcp_flags(p.tcp_flags) {
         return Verdict::Drop(DropReason::BadTcpFlags);
     }
-    if tracked && conntrack::refresh(cfg, p) {
+    // A SYN without ACK opens a connection and is never a reply: it always needs a rule,
+    // and passing (re)creates its flow. So it skips the flow table, and one to a port that no
+    // rule opens here costs only the port check: scans and SYN floods are cheapest to drop.
+    let syn =
+        p.proto == proto::TCP && p.tcp_flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN;
+    if !syn && tracked && conntrack::refresh(cfg, p) {
         return Verdict::Pass(PassKind::Flow);
     }
     match kind {

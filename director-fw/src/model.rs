@@ -12,7 +12,7 @@ use std::{
 use director_fw_common::{
     config::{FLAG_AUDIT, FLAG_ICMP_ECHO_DENY, FLAG_UNPROTECTED_DROP},
     flow::{FLOW_BOTH_FIN, FLOW_FIN_HI, FLOW_FIN_LO, FLOW_RST},
-    proto, Config, DropReason, FlowKey, PassKind, Verdict,
+    proto, tcp_flags, Config, DropReason, FlowKey, PassKind, Verdict,
 };
 
 use crate::{
@@ -22,10 +22,6 @@ use crate::{
 
 const MAX_VLAN_TAGS: usize = 2;
 const MAX_EXT_HEADERS: usize = 6;
-const TCP_FIN: u8 = 0x01;
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
-const TCP_ACK: u8 = 0x10;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Fragment {
@@ -303,8 +299,8 @@ fn kind(p: &Packet) -> Kind {
 
 /// SYN with FIN, SYN with RST, or none of FIN/SYN/RST/PSH/ACK/URG.
 pub fn impossible_tcp_flags(flags: u8) -> bool {
-    let syn = flags & TCP_SYN != 0;
-    (syn && flags & (TCP_FIN | TCP_RST) != 0) || flags & 0x3f == 0
+    let syn = flags & tcp_flags::SYN != 0;
+    (syn && flags & (tcp_flags::FIN | tcp_flags::RST) != 0) || flags & 0x3f == 0
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -393,13 +389,13 @@ impl<'p> Model<'p> {
 
     fn tcp_state(mut flags: u32, tcp: u8, from_lo: bool) -> u32 {
         let closed = flags & FLOW_RST != 0 || flags & FLOW_BOTH_FIN == FLOW_BOTH_FIN;
-        if tcp & TCP_SYN != 0 && tcp & TCP_ACK == 0 && closed {
+        if tcp & tcp_flags::SYN != 0 && tcp & tcp_flags::ACK == 0 && closed {
             flags = 0;
         }
-        if tcp & TCP_RST != 0 {
+        if tcp & tcp_flags::RST != 0 {
             flags |= FLOW_RST;
         }
-        if tcp & TCP_FIN != 0 {
+        if tcp & tcp_flags::FIN != 0 {
             flags |= if from_lo { FLOW_FIN_LO } else { FLOW_FIN_HI };
         }
         flags
@@ -523,7 +519,11 @@ impl<'p> Model<'p> {
         if p.proto == proto::TCP && impossible_tcp_flags(p.tcp_flags) {
             return Verdict::Drop(DropReason::BadTcpFlags);
         }
-        if tracked && self.refresh(p, now) {
+        // A SYN without ACK starts a connection: it always needs a rule, and passing
+        // (re)creates its flow, whatever flow there was.
+        let syn = p.proto == proto::TCP
+            && p.tcp_flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN;
+        if !syn && tracked && self.refresh(p, now) {
             return Verdict::Pass(PassKind::Flow);
         }
         match kind {

@@ -4,11 +4,9 @@
 
 use std::net::IpAddr;
 
-pub const TCP_FIN: u8 = 0x01;
-pub const TCP_SYN: u8 = 0x02;
-pub const TCP_RST: u8 = 0x04;
-pub const TCP_PSH: u8 = 0x08;
-pub const TCP_ACK: u8 = 0x10;
+pub use director_fw_common::tcp_flags::{
+    ACK as TCP_ACK, FIN as TCP_FIN, PSH as TCP_PSH, RST as TCP_RST, SYN as TCP_SYN,
+};
 
 #[derive(Clone, Debug)]
 pub enum L4 {
