@@ -46,7 +46,8 @@
 //!   the verifier's instruction count.
 //!
 //! Output: a table on stdout and `target/bench/kernel.json` (or `$DIRECTOR_FW_BENCH_OUT`).
-//! Options: `--rounds N`, `--repeat N`, `--new-flow-frames N`, `--peers 10,10000`, `--quick`.
+//! Options: `--rounds N`, `--repeat N`, `--new-flow-frames N`, `--peers 10,10000`,
+//! `--rules 1000,10000` (measured at the smallest peer count), `--quick`.
 
 #[path = "../tests/common/frames.rs"]
 #[allow(dead_code)]
@@ -99,6 +100,8 @@ struct Args {
     repeat: u32,
     new_flow_frames: u16,
     peers: Vec<usize>,
+    /// Rule counts measured at the smallest peer count, beyond the profile's own rules.
+    rules: Vec<usize>,
 }
 
 impl Args {
@@ -108,6 +111,7 @@ impl Args {
             repeat: 1_000_000,
             new_flow_frames: 4_000,
             peers: vec![10, 10_000, 1_000_000],
+            rules: vec![1_000, 10_000],
         };
         let mut it = std::env::args().skip(1);
         while let Some(arg) = it.next() {
@@ -125,6 +129,13 @@ impl Args {
                 "--new-flow-frames" => {
                     args.new_flow_frames = value("--new-flow-frames")?.parse()?
                 }
+                "--rules" => {
+                    args.rules = value("--rules")?
+                        .split(',')
+                        .map(str::parse)
+                        .collect::<Result<_, _>>()
+                        .context("--rules takes a comma-separated list of counts")?;
+                }
                 "--peers" => {
                     args.peers = value("--peers")?
                         .split(',')
@@ -134,7 +145,7 @@ impl Args {
                 }
                 other => bail!(
                     "unknown argument {other:?}; options: --rounds N, --repeat N, \
-                     --new-flow-frames N, --peers N,N,..., --quick"
+                     --new-flow-frames N, --peers N,N,..., --rules N,N,..., --quick"
                 ),
             }
         }
@@ -165,7 +176,11 @@ fn main() -> Result<()> {
     let mut floors = Floors::load()?;
     let mut blocks = Vec::new();
     for &peers in &args.peers {
-        blocks.push(Block::load(peers, args.new_flow_frames)?);
+        blocks.push(Block::load(peers, PROFILE_RULES, args.new_flow_frames)?);
+    }
+    let fewest_peers = args.peers.iter().copied().min().unwrap_or(10);
+    for &rules in args.rules.iter().filter(|&&n| n > PROFILE_RULES) {
+        blocks.push(Block::load(fewest_peers, rules, args.new_flow_frames)?);
     }
 
     eprintln!(
@@ -320,13 +335,37 @@ impl PathId {
     }
 }
 
-/// The built-in profile with `peers` IPv4 hosts: the five lab role hosts, then numbered
-/// addresses from [`FILLER_BASE`], round-robin over the roles.
-fn policy(peers: usize) -> Result<Policy> {
+/// Rules of the built-in profile.
+const PROFILE_RULES: usize = 12;
+/// First port of the rules added for the rule-count measurements: clear of every port the
+/// measured paths use.
+const EXTRA_RULE_PORT: usize = 20_000;
+
+/// The built-in profile with `peers` IPv4 hosts (the five lab role hosts, then numbered
+/// addresses from [`FILLER_BASE`], round-robin over the roles) and `rules` rules: the
+/// profile's, then rules from every role to the protected roles on ports of their own,
+/// TCP and UDP, which the measured paths never match.
+fn policy(peers: usize, rules: usize) -> Result<Policy> {
     let mut text = String::from("profile = \"lync2013-single-director\"\n[peers]\n");
     let roles = peer_roles();
     for role in &roles {
         text.push_str(&format!("{} = [\"{}\"]\n", role.name(), v4(*role)));
+    }
+    for i in 0..rules.saturating_sub(PROFILE_RULES) {
+        let from = [
+            "reverse-proxy",
+            "director",
+            "front-end",
+            "internal-clients",
+            "edge-internal",
+            "any",
+        ][i % 6];
+        let to = ["director", "front-end", "edge-internal"][i % 3];
+        let proto = if i % 2 == 0 { "tcp" } else { "udp" };
+        let port = EXTRA_RULE_PORT + i % 40_000;
+        text.push_str(&format!(
+            "[[rules]]\nid = \"extra-{i}\"\nfrom = \"{from}\"\nto = \"{to}\"\nproto = \"{proto}\"\nports = [{port}]\n"
+        ));
     }
     let mut policy = Policy::from_toml("bench-policy.toml", &text)?;
     // Appended directly: a million-line TOML file would time the parser, not the datapath.
@@ -505,6 +544,7 @@ impl Floors {
 /// One datapath loaded with one peer count, and what was measured on it.
 struct Block {
     peers: usize,
+    rules: usize,
     datapath: Datapath,
     compile_time: Duration,
     load_time: Duration,
@@ -531,9 +571,9 @@ struct Block {
 }
 
 impl Block {
-    fn load(peers: usize, new_flow_frames: u16) -> Result<Block> {
-        eprintln!("bench: loading director-fw with {peers} peers");
-        let policy = policy(peers)?;
+    fn load(peers: usize, rules: usize, new_flow_frames: u16) -> Result<Block> {
+        eprintln!("bench: loading director-fw with {peers} peers and {rules} rules");
+        let policy = policy(peers, rules)?;
         let started = Instant::now();
         let compiled = compile(&policy)?;
         let compile_time = started.elapsed();
@@ -573,6 +613,7 @@ impl Block {
             .collect();
         Ok(Block {
             peers,
+            rules,
             datapath,
             compile_time,
             load_time,
@@ -780,16 +821,17 @@ fn print_table(args: &Args, floors: &Floors, blocks: &[Block]) {
     );
     println!();
     println!(
-        "{:<22} {:>9} {:>8} {:>9} {:>6} {:>6}",
-        "path", "peers", "ns/pkt", "range", "xF0", "xF1"
+        "{:<22} {:>9} {:>6} {:>8} {:>9} {:>6} {:>6}",
+        "path", "peers", "rules", "ns/pkt", "range", "xF0", "xF1"
     );
     for path in PathId::ALL {
         for block in blocks {
             let v = &block.bulk[&path];
             println!(
-                "{:<22} {:>9} {:>8.1} {:>9} {:>6.2} {:>6.2}",
+                "{:<22} {:>9} {:>6} {:>8.1} {:>9} {:>6.2} {:>6.2}",
                 path.name(),
                 block.peers,
+                block.rules,
                 median(v),
                 spread(v),
                 median(&block.x_f0[&path]),
@@ -818,8 +860,9 @@ fn print_table(args: &Args, floors: &Floors, blocks: &[Block]) {
     );
     for block in blocks {
         println!(
-            "{:>9} peers: one host {:.0}, {} distinct hosts {:.0}",
+            "{:>9} peers, {:>5} rules: one host {:.0}, {} distinct hosts {:.0}",
             block.peers,
+            block.rules,
             median(&block.same_once),
             block.spread_hosts,
             median(&block.spread_once),
@@ -827,8 +870,8 @@ fn print_table(args: &Args, floors: &Floors, blocks: &[Block]) {
     }
     println!();
     println!(
-        "{:>9} {:>12} {:>10} {:>12} {:>12} {:>10}",
-        "peers", "compile ms", "load ms", "maps MiB", "HOSTS_V4 MiB", "XDP insns"
+        "{:>9} {:>6} {:>12} {:>10} {:>12} {:>12} {:>10}",
+        "peers", "rules", "compile ms", "load ms", "maps MiB", "HOSTS_V4 MiB", "XDP insns"
     );
     for block in blocks {
         let hosts = block
@@ -837,8 +880,9 @@ fn print_table(args: &Args, floors: &Floors, blocks: &[Block]) {
             .find(|(name, _)| name == "HOSTS_V4")
             .map_or(0, |(_, bytes)| *bytes);
         println!(
-            "{:>9} {:>12.0} {:>10.0} {:>12.1} {:>12.1} {:>10}",
+            "{:>9} {:>6} {:>12.0} {:>10.0} {:>12.1} {:>12.1} {:>10}",
             block.peers,
+            block.rules,
             block.compile_time.as_secs_f64() * 1e3,
             block.load_time.as_secs_f64() * 1e3,
             mib(block.total_memory()),
@@ -878,6 +922,7 @@ fn report(args: &Args, cpu: usize, floors: &Floors, blocks: &[Block]) -> Value {
                 .collect();
             json!({
                 "peers": block.peers,
+                "rules": block.rules,
                 "compile_seconds": block.compile_time.as_secs_f64(),
                 "load_seconds": block.load_time.as_secs_f64(),
                 "map_memlock_bytes": memory,

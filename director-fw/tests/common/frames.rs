@@ -4,6 +4,8 @@
 
 use std::net::IpAddr;
 
+// Each test and bench binary that includes this file uses a different subset.
+#[allow(unused_imports)]
 pub use director_fw_common::tcp_flags::{
     ACK as TCP_ACK, FIN as TCP_FIN, PSH as TCP_PSH, RST as TCP_RST, SYN as TCP_SYN,
 };
