@@ -3,8 +3,8 @@
 //!
 //! - `/sys/fs/bpf/director-fw/NAME/maps/MAP`: pinned maps (counters, flows, policy maps);
 //! - `/run/director-fw/NAME.json`: the running agent's description (pid, interfaces, rules);
-//! - `/run/director-fw/NAME.sock`: the control socket;
-//! - `/var/lib/director-fw/NAME/`: state kept across restarts.
+//! - `/run/director-fw/NAME.sock`: the control socket, and `/var/lib/director-fw/NAME/`: state
+//!   kept across restarts (both come with the runtime control plane).
 
 use std::{
     io::Write,
@@ -78,16 +78,8 @@ impl Instance {
         self.maps_dir().join(map)
     }
 
-    pub fn socket(&self) -> PathBuf {
-        Path::new("/run/director-fw").join(format!("{}.sock", self.name))
-    }
-
     pub fn info_file(&self) -> PathBuf {
         Path::new("/run/director-fw").join(format!("{}.json", self.name))
-    }
-
-    pub fn state_dir(&self) -> PathBuf {
-        Path::new("/var/lib/director-fw").join(&self.name)
     }
 
     /// The running agent's description, or `NotRunning`.

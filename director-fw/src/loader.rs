@@ -297,15 +297,6 @@ impl Datapath {
         Ok(sum(&array.get(&slot, 0)?))
     }
 
-    pub fn flow(&self, key: &FlowKey) -> Result<Option<FlowState>, LoadError> {
-        let flows: HashMap<_, FlowKey, FlowState> = HashMap::try_from(self.map(maps::FLOWS)?)?;
-        match flows.get(key, 0) {
-            Ok(state) => Ok(Some(state)),
-            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
-            Err(err) => Err(err.into()),
-        }
-    }
-
     /// Forgets every tracked flow and fragment.
     pub fn clear_flows(&mut self) -> Result<(), LoadError> {
         let mut flows: HashMap<_, FlowKey, FlowState> =

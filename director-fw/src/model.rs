@@ -329,10 +329,6 @@ impl<'p> Model<'p> {
         }
     }
 
-    pub fn flow_count(&self) -> usize {
-        self.flows.len()
-    }
-
     /// Role bits of an address: every role with a peer entry containing it.
     fn roles(&self, addr: IpAddr) -> u32 {
         self.policy
