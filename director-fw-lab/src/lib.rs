@@ -22,6 +22,7 @@
 //! namespace (never `ip netns exec`, whose private `/sys` hides bpffs pins), and
 //! [`tcp_exchange`] / [`udp_exchange`] drive one bounded, verified exchange between two hosts.
 
+mod agent;
 mod netns;
 mod traffic;
 
@@ -35,6 +36,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread;
 use std::time::Duration;
 
+pub use agent::{agent_pin_dir, Agent, AgentOptions, OnLine, AGENT_READY_LINE};
 pub use netns::{in_netns, netns_command, netns_path, spawn_in_netns};
 pub use traffic::{tcp_exchange, udp_exchange};
 

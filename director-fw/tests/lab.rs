@@ -6,27 +6,19 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write as _};
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::root_or_skip;
-use director_fw_lab::{netns_command, tcp_exchange, udp_exchange, Lab, Role};
+use director_fw_lab::{agent_pin_dir, tcp_exchange, udp_exchange, Agent, AgentOptions, Lab, Role};
 use serde_json::Value;
 
 use Role::{Director, EdgeInternal, FrontEnd, InternalClients, Outsider, ReverseProxy};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_director-fw");
-/// The line the agent prints to stderr once it enforces.
-const READY_LINE: &str = "director-fw: instance";
-/// How long the agent may take to load, attach and pin.
-const START_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long the agent may take to detach after SIGTERM before it is killed.
-const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections that should work finish in milliseconds; this only bounds a failure.
 const PASS_TIMEOUT: Duration = Duration::from_secs(2);
 /// Connections that should fail: short, so that a dropped IPv6 SYN reads as "no connection"
@@ -117,7 +109,7 @@ fn lab_enforces_the_profile_in_tc_mode() {
 fn enforce_the_profile(mode: &str) {
     let started = Instant::now();
     let instance = format!("labtest-{}-{mode}", std::process::id());
-    let pin_dir = Path::new("/sys/fs/bpf/director-fw").join(&instance);
+    let pin_dir = agent_pin_dir(&instance);
     {
         let mut run = LabRun::start(&instance, mode);
         eprintln!(
@@ -320,27 +312,35 @@ impl LabRun {
             run.lab.peers_toml()
         );
         std::fs::write(&run.policy_file, policy).expect("writing the policy file");
-        let mut ifaces = Vec::new();
-        for iface in run.lab.gateway_ifaces() {
-            ifaces.push("--iface".to_string());
-            ifaces.push(iface);
+        let ifaces = run.lab.gateway_ifaces();
+        let mut args = vec!["--instance", instance, "run"];
+        for iface in &ifaces {
+            args.extend(["--iface", iface]);
         }
-        let agent = Agent::start(
-            run.lab.gateway_ns(),
-            instance,
-            &ifaces,
-            &run.policy_file,
-            mode,
-        );
+        args.extend(["--mode", mode, "--policy"]);
+        let args = args
+            .into_iter()
+            .map(OsStr::new)
+            .chain([run.policy_file.as_os_str()]);
+        let options = AgentOptions {
+            on_line: Some(Box::new(|line| eprintln!("  agent | {line}"))),
+            ..AgentOptions::default()
+        };
+        let agent = Agent::start(run.lab.gateway_ns(), Path::new(AGENT), args, options)
+            .expect("starting the agent via nsenter");
         // From here on, Drop stops the agent whatever happens.
         let agent = run.agent.insert(agent);
-        agent.wait_enforcing(instance);
+        if let Err(e) = agent.wait_enforcing(instance, Agent::START_TIMEOUT) {
+            panic!("{e:#}");
+        }
         run
     }
 
     /// Stops the agent now; `None` if it had to be killed or could not be waited for.
     fn stop_agent(&mut self) -> Option<ExitStatus> {
-        self.agent.take().and_then(|mut agent| agent.stop())
+        self.agent
+            .take()
+            .and_then(|mut agent| agent.stop(Agent::STOP_TIMEOUT))
     }
 }
 
@@ -349,124 +349,5 @@ impl Drop for LabRun {
         drop(self.agent.take());
         let _ = std::fs::remove_file(&self.policy_file);
         // `lab` drops after this, deleting the namespaces.
-    }
-}
-
-/// The agent process, started in the gateway namespace by nsenter (which execs it, so the
-/// child's PID is the agent's). Its stderr is forwarded line by line.
-struct Agent {
-    child: Child,
-    lines: Receiver<String>,
-    log: Arc<Mutex<Vec<String>>>,
-    stopped: bool,
-}
-
-impl Agent {
-    fn start(
-        gateway_ns: &str,
-        instance: &str,
-        ifaces: &[String],
-        policy: &Path,
-        mode: &str,
-    ) -> Agent {
-        let mut cmd = netns_command(gateway_ns, Path::new(AGENT)).expect("nsenter command");
-        cmd.args(["--instance", instance, "run"])
-            .args(ifaces)
-            .arg("--policy")
-            .arg(policy)
-            .args(["--mode", mode])
-            .stdin(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("starting the agent via nsenter");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let (tx, lines) = mpsc::channel();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let keep = Arc::clone(&log);
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("  agent | {line}");
-                if let Ok(mut log) = keep.lock() {
-                    log.push(line.clone());
-                }
-                // The receiver may be gone once the agent is up; keep draining regardless.
-                let _ = tx.send(line);
-            }
-        });
-        Agent {
-            child,
-            lines,
-            log,
-            stopped: false,
-        }
-    }
-
-    /// Waits (bounded) for the agent's "enforcing" line and its pinned counters.
-    fn wait_enforcing(&mut self, instance: &str) {
-        let counters = Path::new("/sys/fs/bpf/director-fw")
-            .join(instance)
-            .join("maps/COUNTERS");
-        let deadline = Instant::now() + START_TIMEOUT;
-        let mut ready = false;
-        while !(ready && counters.exists()) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            assert!(
-                !left.is_zero(),
-                "the agent is not enforcing after {START_TIMEOUT:?} (ready line seen: {ready}, {} exists: {}); its stderr: {:?}",
-                counters.display(),
-                counters.exists(),
-                self.log()
-            );
-            match self.lines.recv_timeout(left.min(Duration::from_millis(50))) {
-                Ok(line) => ready |= line.starts_with(READY_LINE),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => {
-                    let status = self.child.wait().ok();
-                    self.stopped = true;
-                    panic!(
-                        "the agent exited before enforcing ({status:?}); its stderr: {:?}",
-                        self.log()
-                    );
-                }
-            }
-        }
-    }
-
-    fn log(&self) -> Vec<String> {
-        self.log.lock().map(|l| l.clone()).unwrap_or_default()
-    }
-
-    /// SIGTERM by PID, wait (bounded), then SIGKILL. Never panics (it runs in Drop).
-    fn stop(&mut self) -> Option<ExitStatus> {
-        if self.stopped {
-            return None;
-        }
-        self.stopped = true;
-        if let Ok(Some(status)) = self.child.try_wait() {
-            return Some(status);
-        }
-        let pid = self.child.id() as libc::pid_t;
-        // SAFETY: plain syscall; `pid` is our own child, not yet reaped, so it is not reused.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        while Instant::now() < deadline {
-            match self.child.try_wait() {
-                Ok(Some(status)) => return Some(status),
-                Ok(None) => thread::sleep(Duration::from_millis(20)),
-                Err(_) => break,
-            }
-        }
-        let _ = writeln!(
-            std::io::stderr(),
-            "agent pid {pid} did not stop within {STOP_TIMEOUT:?} of SIGTERM; killing it"
-        );
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        None
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        self.stop();
     }
 }

@@ -11,26 +11,22 @@
 //! separate program (xtask cannot link the crate itself: its build script needs the eBPF
 //! toolchain). The demo fails when any connection did not do what the policy says.
 
-use std::io::{BufRead, BufReader, Write as _};
-use std::os::unix::process::CommandExt as _;
+use std::ffi::OsStr;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use director_fw_lab::{netns_command, tcp_exchange, udp_exchange, Lab, Role};
+use director_fw_lab::{
+    agent_pin_dir, netns_command, tcp_exchange, udp_exchange, Agent, AgentOptions, Lab, Role,
+};
 
 use crate::process;
 
 use Role::{Director, EdgeInternal, FrontEnd, InternalClients, Outsider, ReverseProxy};
 
-/// The line the agent prints to stderr once it enforces.
-const READY_LINE: &str = "director-fw: instance";
-const START_TIMEOUT: Duration = Duration::from_secs(10);
-const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 /// An allowed connection completes in milliseconds; this only bounds a failure.
 const PASS_TIMEOUT: Duration = Duration::from_secs(2);
 /// A blocked connection never answers: give up after this (the SYN is dropped silently).
@@ -266,17 +262,31 @@ pub fn run(_args: &[String]) -> Result<()> {
         4,
         &format!("starting the agent in the gateway namespace (instance {instance}, xdp mode)"),
     );
-    let mut cmd = netns_command(demo.lab.gateway_ns(), &binary)?;
-    cmd.args(["--instance", &instance, "run"]);
-    for iface in demo.lab.gateway_ifaces() {
-        cmd.args(["--iface", &iface]);
+    let ifaces = demo.lab.gateway_ifaces();
+    let mut args = vec!["--instance", &instance, "run"];
+    for iface in &ifaces {
+        args.extend(["--iface", iface]);
     }
-    cmd.arg("--policy")
-        .arg(&demo.policy_file)
-        .args(["--mode", "xdp"]);
-    println!("  $ {}", process::describe(&cmd));
-    let agent = demo.agent.insert(Agent::start(cmd)?);
-    agent.wait_enforcing(&instance)?;
+    args.extend(["--mode", "xdp", "--policy"]);
+    let args: Vec<&OsStr> = args
+        .into_iter()
+        .map(OsStr::new)
+        .chain([demo.policy_file.as_os_str()])
+        .collect();
+    let mut shown = netns_command(demo.lab.gateway_ns(), &binary)?;
+    println!("  $ {}", process::describe(shown.args(&args)));
+    // Its own process group: Ctrl-C reaches only the demo, which then stops the agent in order.
+    let options = AgentOptions {
+        on_line: Some(Box::new(|line| {
+            let _ = writeln!(std::io::stdout(), "    agent | {line}");
+        })),
+        own_process_group: true,
+    };
+    let agent = Agent::start(demo.lab.gateway_ns(), &binary, &args, options)?;
+    let agent = demo.agent.insert(agent);
+    agent
+        .wait_enforcing_with(&instance, Agent::START_TIMEOUT, check_interrupt)
+        .context("the agent did not start")?;
 
     step(5, "driving real connections through the gateway");
     println!(
@@ -301,7 +311,11 @@ pub fn run(_args: &[String]) -> Result<()> {
     print_indented(&stats);
 
     step(7, "stopping the agent and removing the lab");
-    match demo.agent.take().map(|mut agent| agent.stop()) {
+    match demo
+        .agent
+        .take()
+        .map(|mut agent| agent.stop(Agent::STOP_TIMEOUT))
+    {
         Some(Some(status)) if status.success() => {
             println!("  the agent stopped and detached ({status})")
         }
@@ -309,7 +323,7 @@ pub fn run(_args: &[String]) -> Result<()> {
             "the agent did not exit cleanly on SIGTERM: {other:?}"
         )),
     }
-    let pins = Path::new("/sys/fs/bpf/director-fw").join(&instance);
+    let pins = agent_pin_dir(&instance);
     if pins.exists() {
         unexpected.push(format!(
             "{} is still there after the agent stopped",
@@ -406,100 +420,6 @@ impl Drop for Demo {
         drop(self.agent.take());
         let _ = std::fs::remove_file(&self.policy_file);
         // `lab` drops after this, deleting the namespaces.
-    }
-}
-
-/// The agent process, run by nsenter in the gateway namespace (nsenter execs it, so the
-/// child's PID is the agent's). It gets its own process group so that Ctrl-C reaches only the
-/// demo, which then stops the agent in order. Its stderr is shown indented.
-struct Agent {
-    child: Child,
-    lines: Receiver<String>,
-    stopped: bool,
-}
-
-impl Agent {
-    fn start(mut cmd: Command) -> Result<Agent> {
-        cmd.stdin(Stdio::null())
-            .stderr(Stdio::piped())
-            .process_group(0);
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("starting `{}`", process::describe(&cmd)))?;
-        let stderr = child.stderr.take().context("the agent's stderr")?;
-        let (tx, lines) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = writeln!(std::io::stdout(), "    agent | {line}");
-                let _ = tx.send(line);
-            }
-        });
-        Ok(Agent {
-            child,
-            lines,
-            stopped: false,
-        })
-    }
-
-    /// Waits (bounded, interruptible) for the agent's "enforcing" line and its pinned counters.
-    fn wait_enforcing(&mut self, instance: &str) -> Result<()> {
-        let counters = Path::new("/sys/fs/bpf/director-fw")
-            .join(instance)
-            .join("maps/COUNTERS");
-        let deadline = Instant::now() + START_TIMEOUT;
-        let mut ready = false;
-        while !(ready && counters.exists()) {
-            check_interrupt()?;
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                bail!("the agent is not enforcing after {START_TIMEOUT:?}");
-            }
-            match self.lines.recv_timeout(left.min(Duration::from_millis(50))) {
-                Ok(line) => ready |= line.starts_with(READY_LINE),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => {
-                    self.stopped = true;
-                    let status = self.child.wait().context("waiting for the agent")?;
-                    bail!("the agent exited before enforcing ({status}); see its output above");
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// SIGTERM by PID, wait (bounded), then SIGKILL. `None` when it had to be killed.
-    fn stop(&mut self) -> Option<ExitStatus> {
-        if self.stopped {
-            return None;
-        }
-        self.stopped = true;
-        if let Ok(Some(status)) = self.child.try_wait() {
-            return Some(status);
-        }
-        let pid = self.child.id() as libc::pid_t;
-        // SAFETY: plain syscall; `pid` is our own child, not yet reaped, so not reused.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        while Instant::now() < deadline {
-            match self.child.try_wait() {
-                Ok(Some(status)) => return Some(status),
-                Ok(None) => thread::sleep(Duration::from_millis(20)),
-                Err(_) => break,
-            }
-        }
-        let _ = writeln!(
-            std::io::stderr(),
-            "demo: agent pid {pid} did not stop within {STOP_TIMEOUT:?} of SIGTERM; killing it"
-        );
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        None
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        self.stop();
     }
 }
 
