@@ -73,6 +73,11 @@ pub struct FlowState {
 }
 const _: () = assert!(core::mem::size_of::<FlowState>() == 16);
 
+/// A flow's `last_seen_ns` is only rewritten when it is older than this: timeouts are whole
+/// seconds, and not writing the entry on every packet keeps its cache line shared between
+/// CPUs.
+pub const REFRESH_GRANULARITY_NS: u64 = 1_000_000_000;
+
 /// The `lo` end sent a FIN.
 pub const FLOW_FIN_LO: u32 = 1 << 0;
 /// The `hi` end sent a FIN.

@@ -3,7 +3,7 @@
 
 use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use director_fw_common::{
-    flow::{FLOW_BOTH_FIN, FLOW_FIN_HI, FLOW_FIN_LO, FLOW_RST},
+    flow::{FLOW_BOTH_FIN, FLOW_FIN_HI, FLOW_FIN_LO, FLOW_RST, REFRESH_GRANULARITY_NS},
     proto, tcp_flags, Config, FlowKey, FlowState, FragKey, FragState,
 };
 
@@ -68,9 +68,14 @@ pub fn refresh(cfg: &Config, p: &Packet) -> bool {
         return false;
     }
     if p.proto == proto::TCP {
-        state.flags = tcp_flags_after(state.flags, p.tcp_flags, from_lo);
+        let flags = tcp_flags_after(state.flags, p.tcp_flags, from_lo);
+        if flags != state.flags {
+            state.flags = flags;
+        }
     }
-    state.last_seen_ns = now;
+    if now.wrapping_sub(state.last_seen_ns) >= REFRESH_GRANULARITY_NS {
+        state.last_seen_ns = now;
+    }
     true
 }
 

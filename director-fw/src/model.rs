@@ -11,7 +11,7 @@ use std::{
 
 use director_fw_common::{
     config::{FLAG_AUDIT, FLAG_ICMP_ECHO_DENY, FLAG_UNPROTECTED_DROP},
-    flow::{FLOW_BOTH_FIN, FLOW_FIN_HI, FLOW_FIN_LO, FLOW_RST},
+    flow::{FLOW_BOTH_FIN, FLOW_FIN_HI, FLOW_FIN_LO, FLOW_RST, REFRESH_GRANULARITY_NS},
     proto, tcp_flags, Config, DropReason, FlowKey, PassKind, Verdict,
 };
 
@@ -407,7 +407,9 @@ impl<'p> Model<'p> {
         if p.proto == proto::TCP {
             flow.flags = Self::tcp_state(flow.flags, p.tcp_flags, from_lo);
         }
-        flow.last_seen = now;
+        if now.wrapping_sub(flow.last_seen) >= REFRESH_GRANULARITY_NS {
+            flow.last_seen = now;
+        }
         true
     }
 
@@ -546,5 +548,101 @@ impl<'p> Model<'p> {
             }
             _ => Verdict::Drop(DropReason::NoRule),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compile;
+    use director_fw_common::config::NS_PER_SEC;
+    use etherparse::PacketBuilder;
+
+    fn policy() -> Policy {
+        Policy::from_toml(
+            "t",
+            "profile = \"lync2013-single-director\"\n[peers]\ndirector = [\"198.18.2.10\"]\nfront-end = [\"198.18.3.10\"]\n",
+        )
+        .unwrap()
+    }
+
+    fn tcp(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, flags: u8) -> Vec<u8> {
+        let b = PacketBuilder::ethernet2([2; 6], [4; 6])
+            .ipv4(src, dst, 64)
+            .tcp(sport, dport, 1, 1000);
+        let b = match flags {
+            f if f == tcp_flags::SYN => b.syn(),
+            f if f == tcp_flags::ACK => b.ack(1),
+            f if f == tcp_flags::RST | tcp_flags::ACK => b.rst().ack(1),
+            _ => unreachable!(),
+        };
+        let mut frame = Vec::new();
+        b.write(&mut frame, &[]).unwrap();
+        frame
+    }
+
+    const DIR: [u8; 4] = [198, 18, 2, 10];
+    const FE: [u8; 4] = [198, 18, 3, 10];
+    const S: u64 = NS_PER_SEC;
+
+    #[test]
+    fn idle_flows_expire_and_the_timeout_counts_from_the_last_refresh() {
+        let policy = policy();
+        let config = compile::config(&policy);
+        let mut model = Model::new(&policy, config);
+        let reply = tcp(FE, 444, DIR, 50000, tcp_flags::ACK);
+        assert!(matches!(
+            model.judge(&tcp(DIR, 50000, FE, 444, tcp_flags::SYN), 0),
+            Verdict::Rule(_)
+        ));
+        let idle = config.tcp_timeout_ns;
+        assert_eq!(model.judge(&reply, idle), Verdict::Pass(PassKind::Flow));
+        // Refreshed at `idle`: alive until `2 * idle`, gone after.
+        assert_eq!(model.judge(&reply, 2 * idle), Verdict::Pass(PassKind::Flow));
+        assert_eq!(
+            model.judge(&reply, 3 * idle + S),
+            Verdict::Drop(DropReason::NoRule)
+        );
+    }
+
+    #[test]
+    fn refreshes_within_a_second_do_not_move_the_timeout() {
+        let policy = policy();
+        let config = compile::config(&policy);
+        let mut model = Model::new(&policy, config);
+        let reply = tcp(FE, 444, DIR, 50001, tcp_flags::ACK);
+        model.judge(&tcp(DIR, 50001, FE, 444, tcp_flags::SYN), 10 * S);
+        model.judge(&reply, 10 * S + S / 2);
+        let idle = config.tcp_timeout_ns;
+        assert_eq!(
+            model.judge(&reply, 10 * S + idle + 1),
+            Verdict::Drop(DropReason::NoRule)
+        );
+    }
+
+    #[test]
+    fn a_reset_flow_lingers_for_the_closing_timeout_only() {
+        let policy = policy();
+        let config = compile::config(&policy);
+        let mut model = Model::new(&policy, config);
+        let reply = tcp(FE, 444, DIR, 50002, tcp_flags::ACK);
+        model.judge(&tcp(DIR, 50002, FE, 444, tcp_flags::SYN), 0);
+        let rst = tcp(FE, 444, DIR, 50002, tcp_flags::RST | tcp_flags::ACK);
+        assert_eq!(model.judge(&rst, S), Verdict::Pass(PassKind::Flow));
+        let closing = config.tcp_closing_timeout_ns;
+        assert_eq!(
+            model.judge(&reply, S + closing),
+            Verdict::Pass(PassKind::Flow)
+        );
+        assert_eq!(
+            model.judge(&reply, 2 * S + 2 * closing),
+            Verdict::Drop(DropReason::NoRule)
+        );
+    }
+
+    #[test]
+    fn established_tcp_outlives_the_load_balancer_timeout() {
+        let config = compile::config(&policy());
+        assert!(config.tcp_timeout_ns >= crate::policy::MIN_TCP_TIMEOUT * S);
     }
 }
