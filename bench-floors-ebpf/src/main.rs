@@ -6,8 +6,12 @@
 //! - F1 (`floor_lookup`): F0, then one exact-match hash lookup of the destination address
 //!   (`DSTS`, filled with 10,000 entries by the bench) and one per-CPU counter increment. The
 //!   least a filter that consults a table and counts can cost.
+//!
+//! The lab throughput bench's traffic source, sink and XDP_DROP floor live in [`lab`].
 #![no_std]
 #![no_main]
+
+mod lab;
 
 use core::mem::size_of;
 

@@ -6,10 +6,13 @@
 //! descriptors; agent memory is this process's resident set. Writes
 //! `target/bench/control.json`.
 
+// Each bench uses its own part of the shared module.
+#[allow(dead_code)]
+mod shared;
+
 use std::{
     fmt::Write as _,
     net::Ipv4Addr,
-    path::PathBuf,
     time::{Duration, Instant},
 };
 
@@ -129,11 +132,8 @@ fn main() {
         "map_memory_bytes": maps_bytes,
         "agent_rss_kib": rss_kib,
     });
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
-    std::fs::create_dir_all(&dir).expect("create target/bench");
-    std::fs::write(
-        dir.join("control.json"),
-        serde_json::to_string_pretty(&json).unwrap(),
-    )
-    .expect("write control.json");
+    let out = shared::out_path("control.json");
+    std::fs::create_dir_all(out.parent().expect("a report path has a folder"))
+        .expect("create target/bench");
+    std::fs::write(&out, serde_json::to_string_pretty(&json).unwrap()).expect("write control.json");
 }

@@ -45,9 +45,11 @@
 //!   agent does: create the maps, write one map entry per syscall, verify the XDP program), the maps' memory (the `memlock:` of each map fd in /proc/self/fdinfo), and
 //!   the verifier's instruction count.
 //!
-//! Output: a table on stdout and `target/bench/kernel.json` (or `$DIRECTOR_FW_BENCH_OUT`).
+//! Output: a table on stdout and `target/bench/kernel.json`.
 //! Options: `--rounds N`, `--repeat N`, `--new-flow-frames N`, `--peers 10,10000`,
 //! `--rules 1000,10000` (measured at the smallest peer count), `--quick`.
+
+mod shared;
 
 #[path = "../tests/common/frames.rs"]
 #[allow(dead_code)]
@@ -57,7 +59,7 @@ use std::{
     collections::BTreeMap,
     fs,
     net::{IpAddr, Ipv4Addr},
-    path::{Path, PathBuf},
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
@@ -72,6 +74,7 @@ use director_fw_common::{DropReason, PassKind, Verdict};
 use director_fw_lab::{segment_v4, Role, V4_HOST_ID};
 use frames::{Frame, TCP_ACK, TCP_SYN};
 use serde_json::{json, Value};
+use shared::{median, min_max};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -172,7 +175,10 @@ fn main() -> Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("the kernel bench loads eBPF programs and needs root; run `cargo xtask bench`");
     }
-    let cpu = pin_to_one_cpu()?;
+    let cpu = shared::last_cpu()?;
+    // BPF_PROG_TEST_RUN runs the program on the calling CPU; pinned, per-CPU state (the flow
+    // table's LRU free lists, counters) stays put.
+    shared::pin_thread(cpu)?;
     let mut floors = Floors::load()?;
     let mut blocks = Vec::new();
     for &peers in &args.peers {
@@ -204,7 +210,7 @@ fn main() -> Result<()> {
 
     print_table(&args, &floors, &blocks);
     let report = report(&args, cpu, &floors, &blocks);
-    let out = out_path();
+    let out = shared::out_path("kernel.json");
     if let Some(dir) = out.parent() {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -212,28 +218,6 @@ fn main() -> Result<()> {
         .with_context(|| format!("writing {}", out.display()))?;
     println!("\nwritten: {}", out.display());
     Ok(())
-}
-
-/// Keeps the bench on the highest CPU it may use: BPF_PROG_TEST_RUN runs the program on the
-/// calling CPU, and per-CPU state (the flow table's LRU free lists, counters) then stays put.
-fn pin_to_one_cpu() -> Result<usize> {
-    // SAFETY: cpu_set_t is plain data; the calls only read and write the set passed.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
-            return Err(std::io::Error::last_os_error()).context("sched_getaffinity");
-        }
-        let cpu = (0..libc::CPU_SETSIZE as usize)
-            .rev()
-            .find(|&cpu| libc::CPU_ISSET(cpu, &set))
-            .context("the affinity mask is empty")?;
-        libc::CPU_ZERO(&mut set);
-        libc::CPU_SET(cpu, &mut set);
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            return Err(std::io::Error::last_os_error()).context("sched_setaffinity");
-        }
-        Ok(cpu)
-    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -424,25 +408,6 @@ fn options(frame: &[u8], repeat: u32) -> TestRunOptions<'_> {
 
 fn ns(duration: Duration) -> f64 {
     duration.as_nanos() as f64
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let n = sorted.len();
-    match n {
-        0 => f64::NAN,
-        _ if n % 2 == 1 => sorted[n / 2],
-        _ => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
-    }
-}
-
-fn min_max(values: &[f64]) -> (f64, f64) {
-    values
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
-            (lo.min(v), hi.max(v))
-        })
 }
 
 /// F0 and F1 from the bench-floors-ebpf object.
@@ -782,21 +747,6 @@ fn map_fds() -> BTreeMap<u32, u64> {
 
 // ---------------------------------------------------------------------------------------
 // Reporting
-
-fn out_path() -> PathBuf {
-    if let Some(path) = std::env::var_os("DIRECTOR_FW_BENCH_OUT") {
-        return PathBuf::from(path);
-    }
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("director-fw is inside the workspace")
-        .to_path_buf();
-    let target = match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(dir) => workspace.join(dir),
-        None => workspace.join("target"),
-    };
-    target.join("bench").join("kernel.json")
-}
 
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)

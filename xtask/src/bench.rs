@@ -1,10 +1,10 @@
-//! `cargo xtask bench`: the kernel cost per packet and the control-plane load time (SPEC
-//! section 7).
+//! `cargo xtask bench`: the kernel cost per packet, the control-plane load time and the lab
+//! throughput (SPEC section 7).
 //!
-//! Builds the floor programs (`bench-floors-ebpf`, nightly, bpfel-unknown-none, with the
-//! bpf-linker the bootstrap put on PATH), then runs director-fw's `kernel` bench with
-//! `DIRECTOR_FW_FLOORS_OBJ` naming the object. The bench prints its table and writes
-//! `target/bench/kernel.json`. Arguments are passed to the bench (`--quick`, `--rounds N`, ...).
+//! Builds the floor and lab programs (`bench-floors-ebpf`, nightly, bpfel-unknown-none, with
+//! the bpf-linker the bootstrap put on PATH), then runs director-fw's `kernel`, `control` and
+//! `lab` benches with `DIRECTOR_FW_FLOORS_OBJ` naming the object. Each prints its table and
+//! writes `target/bench/<name>.json`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -32,29 +32,29 @@ const STABLE_ONLY_ENV: &[&str] = &[
     "CARGO",
 ];
 
+/// The benches, in the order a full run takes them.
+const BENCHES: [&str; 3] = ["kernel", "control", "lab"];
+
+/// `cargo xtask bench [--quick]` runs every bench; `cargo xtask bench NAME ARGS...` runs one,
+/// with its own arguments (`lab --rounds 9 --mixes deny`).
 pub fn run(args: &[String]) -> Result<()> {
     let workspace = workspace_root()?;
     let target = target_dir(&workspace);
     let object = build_floors(&workspace, &target)?;
-
-    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-    cmd.current_dir(&workspace)
-        .args(["bench", "-p", "director-fw", "--bench", "kernel", "--"])
-        .args(args)
-        .env("DIRECTOR_FW_FLOORS_OBJ", &object)
-        .env(
-            "DIRECTOR_FW_BENCH_OUT",
-            target.join("bench").join("kernel.json"),
-        );
-    eprintln!("xtask: ==> {}", process::describe(&cmd));
-    process::run(&mut cmd).context("the kernel bench failed")?;
-
-    // Control plane: loading 100,000 peers; writes target/bench/control.json.
-    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-    cmd.current_dir(&workspace)
-        .args(["bench", "-p", "director-fw", "--bench", "control"]);
-    eprintln!("xtask: ==> {}", process::describe(&cmd));
-    process::run(&mut cmd).context("the control bench failed")
+    let (benches, args): (Vec<&str>, &[String]) = match args.split_first() {
+        Some((name, rest)) if BENCHES.contains(&name.as_str()) => (vec![name.as_str()], rest),
+        _ => (BENCHES.to_vec(), args),
+    };
+    for bench in benches {
+        let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+        cmd.current_dir(&workspace)
+            .args(["bench", "-p", "director-fw", "--bench", bench, "--"])
+            .args(args)
+            .env("DIRECTOR_FW_FLOORS_OBJ", &object);
+        eprintln!("xtask: ==> {}", process::describe(&cmd));
+        process::run(&mut cmd).with_context(|| format!("the {bench} bench failed"))?;
+    }
+    Ok(())
 }
 
 /// Builds the floors object into `<target>/bench-floors-ebpf` (so nothing lands in the

@@ -22,9 +22,16 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const NIGHTLY_COMPONENTS: &[&str] = &["rust-src", "rustfmt", "clippy"];
 
 /// Debian packages used by the tests and benches: `ip`, `nft`, `iptables`, `ethtool`,
-/// and `nsenter` (util-linux), which lets a process join a lab netns but keep the shared
-/// /sys, and so the bpffs pins.
-const DEBIAN_PACKAGES: &[&str] = &["iproute2", "nftables", "iptables", "ethtool", "util-linux"];
+/// `nsenter` (util-linux), which lets a process join a lab netns but keep the shared /sys,
+/// and so the bpffs pins, and `xdp-filter` (xdp-tools), a baseline of the lab bench.
+const DEBIAN_PACKAGES: &[&str] = &[
+    "iproute2",
+    "nftables",
+    "iptables",
+    "ethtool",
+    "util-linux",
+    "xdp-tools",
+];
 
 const BPFFS: &str = "/sys/fs/bpf";
 
