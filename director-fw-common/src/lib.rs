@@ -12,7 +12,7 @@ pub mod verdict;
 
 pub use config::Config;
 pub use flow::{FlowKey, FlowState, FragKey, FragState};
-pub use rules::{PortKey, RuleKey};
+pub use rules::{port_slot, RuleKey, PORT_SLOTS};
 pub use verdict::{Counter, DropReason, PassKind, Verdict};
 
 /// TCP header flag bits.
@@ -42,7 +42,6 @@ mod pod {
     unsafe impl aya::Pod for FlowState {}
     unsafe impl aya::Pod for FragKey {}
     unsafe impl aya::Pod for FragState {}
-    unsafe impl aya::Pod for PortKey {}
     unsafe impl aya::Pod for RuleKey {}
     unsafe impl aya::Pod for Counter {}
 }

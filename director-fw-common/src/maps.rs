@@ -11,7 +11,8 @@ pub const HOSTS_V6: &str = "HOSTS_V6";
 pub const NETS_V4: &str = "NETS_V4";
 /// `LpmTrie<[u32; 4], u32>`: the same for IPv6.
 pub const NETS_V6: &str = "NETS_V6";
-/// `HashMap<PortKey, u32>`: is this port open on this set of destination roles at all.
+/// `Array<u32>`, [`crate::PORT_SLOTS`] entries indexed by [`crate::port_slot`]: the role bits
+/// of the destinations that any rule opens this protocol and port on.
 pub const PORTS: &str = "PORTS";
 /// `HashMap<RuleKey, u32>`: which rule passes this source/destination/port combination.
 pub const RULES: &str = "RULES";

@@ -1,20 +1,22 @@
-//! Rule keys. Rules are compiled to exact-match keys so that the kernel never loops over rules
-//! or peers: a destination's role bits, the protocol and the port find out whether any rule
-//! opens that port there ([`PortKey`]); adding the source's role bits finds the rule
+//! Rules, as the kernel looks them up, so that it never loops over rules or peers. The
+//! protocol and port index an array of the destination roles that any rule opens that port
+//! on ([`port_slot`]): traffic to a closed port is judged without a hash lookup. Adding the
+//! source's and destination's role bits gives an exact-match key that finds the rule
 //! ([`RuleKey`]). Role bits in keys are masked to the roles rules actually use
 //! (`Config::to_roles` / `Config::from_roles`), which keeps the number of combinations small.
 
-/// Key of the `PORTS` map. Value: a `u32` that is always 1.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PortKey {
-    pub dst_roles: u32,
-    /// Host byte order.
-    pub port: u16,
-    pub proto: u8,
-    pub generation: u8,
+use crate::proto;
+
+/// Entries of the `PORTS` array: two policy generations, times TCP and UDP, times 65,536 ports.
+pub const PORT_SLOTS: u32 = 2 * 2 * 65_536;
+
+/// Index into the `PORTS` array. Only TCP and UDP have ports; any other protocol maps to
+/// UDP's slots, so callers check the protocol first.
+#[inline(always)]
+pub fn port_slot(generation: u32, protocol: u8, port: u16) -> u32 {
+    let udp = u32::from(protocol == proto::UDP);
+    ((generation & 1) << 17) | (udp << 16) | u32::from(port)
 }
-const _: () = assert!(core::mem::size_of::<PortKey>() == 8);
 
 /// Key of the `RULES` map. Value: the index of the first rule, in policy order, that matches.
 #[repr(C)]

@@ -5,7 +5,7 @@
 use aya_ebpf::maps::lpm_trie::Key;
 use director_fw_common::{
     config::{FLAG_NETS_V4, FLAG_NETS_V6},
-    Config, PortKey, RuleKey,
+    port_slot, Config, RuleKey,
 };
 
 use crate::maps::{HOSTS_V4, HOSTS_V6, NETS_V4, NETS_V6, PORTS, RULES};
@@ -35,17 +35,15 @@ pub fn roles(cfg: &Config, family: u8, addr: &[u32; 4]) -> u32 {
     0
 }
 
-/// Whether any rule opens `port` on these destination roles, whatever the source. This check
-/// comes before the source lookup so that traffic to closed ports costs no more lookups.
+/// Whether any rule opens this TCP or UDP `port` on these destination roles, whatever the
+/// source. This check comes before the source lookup, and is an array read, so that traffic
+/// to closed ports costs no more lookups.
 #[inline(always)]
 pub fn port_open(cfg: &Config, dst_roles: u32, proto: u8, port: u16) -> bool {
-    let key = PortKey {
-        dst_roles: dst_roles & cfg.to_roles,
-        port,
-        proto,
-        generation: cfg.generation as u8,
-    };
-    PORTS.get_ptr(key).is_some()
+    match PORTS.get(port_slot(cfg.generation, proto, port)) {
+        Some(open) => open & dst_roles & cfg.to_roles != 0,
+        None => false,
+    }
 }
 
 /// Index of the first rule that passes this source to this destination and port.

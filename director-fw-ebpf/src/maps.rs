@@ -7,7 +7,7 @@ use aya_ebpf::{
 use director_fw_common::{
     maps::{DEFAULT_FLOWS, DEFAULT_FRAGS, DEFAULT_HOSTS, DEFAULT_NETS, DEFAULT_RULE_ENTRIES},
     verdict::COUNTER_SLOTS,
-    Config, Counter, FlowKey, FlowState, FragKey, FragState, PortKey, RuleKey,
+    Config, Counter, FlowKey, FlowState, FragKey, FragState, RuleKey, PORT_SLOTS,
 };
 
 #[map(name = "CONFIG")]
@@ -23,7 +23,7 @@ pub static NETS_V4: LpmTrie<u32, u32> = LpmTrie::with_max_entries(DEFAULT_NETS, 
 pub static NETS_V6: LpmTrie<[u32; 4], u32> = LpmTrie::with_max_entries(DEFAULT_NETS, 0);
 
 #[map(name = "PORTS")]
-pub static PORTS: HashMap<PortKey, u32> = HashMap::with_max_entries(DEFAULT_RULE_ENTRIES, 0);
+pub static PORTS: Array<u32> = Array::with_max_entries(PORT_SLOTS, 0);
 #[map(name = "RULES")]
 pub static RULES: HashMap<RuleKey, u32> = HashMap::with_max_entries(DEFAULT_RULE_ENTRIES, 0);
 

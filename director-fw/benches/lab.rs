@@ -73,7 +73,7 @@ use std::{
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use aya::{
-    maps::{Array, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray},
     programs::{xdp::XdpLinkId, TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
     Ebpf, EbpfLoader, Pod,
 };
@@ -156,33 +156,42 @@ unsafe impl Pod for GenConfig {}
 enum Filter {
     None,
     XdpDrop,
+    /// F1 of the kernel bench as a passing filter: parse, one hash lookup, one counter.
+    XdpLookupFloor,
     DfwXdp,
     DfwTc,
     Nft,
     Iptables,
-    XdpFilterTool,
+    /// xdp-filter as it loads by default (every feature).
+    XdpFilterAll,
+    /// xdp-filter built for TCP only: its cheapest form.
+    XdpFilterTcp,
 }
 
 impl Filter {
-    const ALL: [Filter; 7] = [
+    const ALL: [Filter; 9] = [
         Filter::None,
         Filter::XdpDrop,
+        Filter::XdpLookupFloor,
         Filter::DfwXdp,
         Filter::DfwTc,
         Filter::Nft,
         Filter::Iptables,
-        Filter::XdpFilterTool,
+        Filter::XdpFilterAll,
+        Filter::XdpFilterTcp,
     ];
 
     fn name(self) -> &'static str {
         match self {
             Filter::None => "none",
             Filter::XdpDrop => "xdp-drop",
+            Filter::XdpLookupFloor => "xdp-lookup-floor",
             Filter::DfwXdp => "director-fw-xdp",
             Filter::DfwTc => "director-fw-tc",
             Filter::Nft => "nftables",
             Filter::Iptables => "iptables-legacy",
-            Filter::XdpFilterTool => "xdp-filter",
+            Filter::XdpFilterAll => "xdp-filter",
+            Filter::XdpFilterTcp => "xdp-filter-tcp",
         }
     }
 
@@ -192,6 +201,10 @@ impl Filter {
             Filter::XdpDrop => {
                 "XDP program that returns XDP_DROP (native), the floor of any XDP filter"
             }
+            Filter::XdpLookupFloor => {
+                "XDP program that parses, looks the destination up in a hash and counts, then \
+                 passes (the kernel bench's F1), the floor of any XDP filter that consults a table"
+            }
             Filter::DfwXdp => "director-fw, native XDP",
             Filter::DfwTc => "director-fw, TC (TCX) ingress",
             Filter::Nft => {
@@ -200,15 +213,22 @@ impl Filter {
             Filter::Iptables => {
                 "iptables-legacy filter table, conntrack and linear rules (own lab)"
             }
-            Filter::XdpFilterTool => {
-                "xdp-filter (xdp-tools) denying TCP port 22 only, native, tcp feature"
+            Filter::XdpFilterAll => {
+                "xdp-filter (xdp-tools) denying TCP port 22 only, native, default features"
+            }
+            Filter::XdpFilterTcp => {
+                "xdp-filter (xdp-tools) denying TCP port 22 only, native, tcp feature only"
             }
         }
     }
 
-    /// The trivial drop program drops everything, so only the all-denied mix means anything.
+    /// The floors drop or pass everything, so each means something for one mix only.
     fn applies_to(self, mix: Mix) -> bool {
-        self != Filter::XdpDrop || mix == Mix::Deny
+        match self {
+            Filter::XdpDrop => mix == Mix::Deny,
+            Filter::XdpLookupFloor => mix == Mix::Allow,
+            _ => true,
+        }
     }
 }
 
@@ -667,7 +687,7 @@ enum Installed<'a> {
     Dfw(Datapath),
     Nft(NftGuard),
     Iptables(IptablesGuard),
-    XdpFilterTool(XdpFilterGuard),
+    XdpFilter(XdpFilterGuard),
 }
 
 struct XdpDropGuard<'a> {
@@ -753,14 +773,16 @@ fn unavailable(filter: Filter) -> Option<String> {
         Filter::Iptables if !has("iptables-legacy-restore") => {
             Some("iptables-legacy-restore is not installed (Debian iptables)".into())
         }
-        Filter::XdpFilterTool if !has("xdp-filter") => Some(
+        Filter::XdpFilterAll | Filter::XdpFilterTcp if !has("xdp-filter") => Some(
             "xdp-filter is not installed (Debian xdp-tools; `cargo xtask` bootstrap installs it)"
                 .into(),
         ),
-        Filter::XdpFilterTool if Path::new(XDP_FILTER_PINS).exists() => Some(format!(
-            "{XDP_FILTER_PINS} exists: another xdp-filter is loaded on this machine, and \
+        Filter::XdpFilterAll | Filter::XdpFilterTcp if Path::new(XDP_FILTER_PINS).exists() => {
+            Some(format!(
+                "{XDP_FILTER_PINS} exists: another xdp-filter is loaded on this machine, and \
              xdp-filter shares its maps machine-wide"
-        )),
+            ))
+        }
         _ => None,
     }
 }
@@ -933,10 +955,14 @@ fn iptables_ruleset(policy: &Policy) -> Result<String> {
     Ok(text)
 }
 
+const DROP_PROGRAM: &str = "lab_drop";
+const LOOKUP_PROGRAM: &str = "floor_lookup";
+
 struct Filters {
     policy: Policy,
     compiled: director_fw::Compiled,
-    drop_obj: Ebpf,
+    /// The floors object: `lab_drop` and `floor_lookup`.
+    floors: Ebpf,
     nft: String,
     iptables: String,
 }
@@ -946,18 +972,20 @@ impl Filters {
         let policy =
             Policy::from_toml("lab-bench-policy.toml", policy_text).map_err(|e| anyhow!("{e}"))?;
         let compiled = compile(&policy).map_err(|e| anyhow!("{e}"))?;
-        let mut drop_obj = EbpfLoader::new().load(object)?;
-        let program: &mut Xdp = drop_obj
-            .program_mut("lab_drop")
-            .context("the floors object has no program lab_drop")?
-            .try_into()?;
-        program.load()?;
+        let mut floors = EbpfLoader::new().load(object)?;
+        for name in [DROP_PROGRAM, LOOKUP_PROGRAM] {
+            let program: &mut Xdp = floors
+                .program_mut(name)
+                .with_context(|| format!("the floors object has no program {name}"))?
+                .try_into()?;
+            program.load()?;
+        }
         Ok(Filters {
             nft: nft_ruleset(&policy)?,
             iptables: iptables_ruleset(&policy)?,
             policy,
             compiled,
-            drop_obj,
+            floors,
         })
     }
 
@@ -965,11 +993,23 @@ impl Filters {
         let (gw, iface) = (bed.gw.clone(), bed.gw_in.clone());
         Ok(match filter {
             Filter::None => Installed::Nothing,
-            Filter::XdpDrop => {
+            Filter::XdpDrop | Filter::XdpLookupFloor => {
+                let name = if filter == Filter::XdpDrop {
+                    DROP_PROGRAM
+                } else {
+                    // The lookup hits, as director-fw's lookup of a protected host does.
+                    let mut dsts: HashMap<_, u32, u32> = HashMap::try_from(
+                        self.floors
+                            .map_mut("DSTS")
+                            .context("the floors have no DSTS")?,
+                    )?;
+                    dsts.insert(u32::from_ne_bytes(bed.director.octets()), 1, 0)?;
+                    LOOKUP_PROGRAM
+                };
                 let program: &mut Xdp = self
-                    .drop_obj
-                    .program_mut("lab_drop")
-                    .context("no lab_drop")?
+                    .floors
+                    .program_mut(name)
+                    .with_context(|| format!("no {name}"))?
                     .try_into()?;
                 let mut guard = XdpDropGuard {
                     program,
@@ -979,7 +1019,7 @@ impl Filters {
                     guard
                         .program
                         .attach(&iface, XdpMode::Driver)
-                        .with_context(|| format!("attaching lab_drop to {iface}"))
+                        .with_context(|| format!("attaching {name} to {iface}"))
                 })?;
                 guard.link = Some(link);
                 Installed::Drop(guard)
@@ -1012,7 +1052,7 @@ impl Filters {
                     .context("loading the iptables rules")?;
                 Installed::Iptables(guard)
             }
-            Filter::XdpFilterTool => {
+            Filter::XdpFilterAll | Filter::XdpFilterTcp => {
                 let guard = XdpFilterGuard {
                     ns: gw.clone(),
                     iface: iface.clone(),
@@ -1028,7 +1068,11 @@ impl Filters {
                         "--policy",
                         "allow",
                         "--features",
-                        "tcp",
+                        if filter == Filter::XdpFilterTcp {
+                            "tcp"
+                        } else {
+                            "all"
+                        },
                         &iface,
                     ],
                     None,
@@ -1040,7 +1084,7 @@ impl Filters {
                     &["port", "--mode", "dst", "--proto", "tcp", &port],
                     None,
                 )?;
-                Installed::XdpFilterTool(guard)
+                Installed::XdpFilter(guard)
             }
         })
     }

@@ -10,7 +10,7 @@ use director_fw_common::{
         FLAG_AUDIT, FLAG_ICMP_ECHO_DENY, FLAG_NETS_V4, FLAG_NETS_V6, FLAG_UNPROTECTED_DROP,
         FRAGMENT_TIMEOUT_SECS, ICMP_TIMEOUT_SECS, NS_PER_SEC, TCP_CLOSING_TIMEOUT_SECS,
     },
-    Config, PortKey, RuleKey,
+    port_slot, Config, RuleKey,
 };
 use ipnet::IpNet;
 
@@ -28,7 +28,9 @@ pub struct Compiled {
     /// (prefix length, network, roles)
     pub nets_v4: Vec<(u32, u32, u32)>,
     pub nets_v6: Vec<(u32, [u32; 4], u32)>,
-    pub ports: Vec<PortKey>,
+    /// (`port_slot`, role bits of the destinations a rule opens that port on), for open
+    /// ports only.
+    pub ports: Vec<(u32, u32)>,
     pub rules: Vec<(RuleKey, u32)>,
 }
 
@@ -160,19 +162,16 @@ pub fn compile(policy: &Policy) -> Result<Compiled, TooLarge> {
         });
     }
 
-    let mut ports = BTreeSet::new();
+    let mut ports = BTreeMap::new();
     let mut rules = BTreeMap::new();
     for (index, rule) in policy.rules.iter().enumerate() {
         let proto = rule.protocol.number();
         let to = bit(rule.to);
+        for port in rule.ports.iter().cloned().flatten() {
+            *ports.entry(port_slot(0, proto, port)).or_insert(0) |= to & config.to_roles;
+        }
         for &dst in dst_sets.iter().filter(|&&d| d & to != 0) {
             for port in rule.ports.iter().cloned().flatten() {
-                ports.insert(PortKey {
-                    dst_roles: dst,
-                    port,
-                    proto,
-                    generation: 0,
-                });
                 for &src in src_sets.iter().filter(|&&s| match rule.from {
                     Source::Any => true,
                     Source::Role(role) => s & bit(role) != 0,
@@ -248,11 +247,15 @@ edge-internal = ["198.18.4.10"]
         assert!(cls
             .iter()
             .all(|(_, i)| policy.rules[*i as usize].id == "any-edge-cls"));
-        assert!(c
-            .ports
-            .iter()
-            .any(|k| k.port == 444 && k.dst_roles == bit(2)));
-        assert!(!c.ports.iter().any(|k| k.port == 22));
+        let open = |port| {
+            c.ports
+                .iter()
+                .find(|(slot, _)| *slot == port_slot(0, director_fw_common::proto::TCP, port))
+                .map_or(0, |&(_, roles)| roles)
+        };
+        assert_eq!(open(444), bit(2));
+        assert_eq!(open(8080), bit(1) | bit(2));
+        assert_eq!(open(22), 0);
     }
 
     #[test]

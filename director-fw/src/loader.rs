@@ -13,7 +13,7 @@ use aya::{
 };
 use director_fw_common::{
     maps::{self, DEFAULT_FRAGS, DEFAULT_HOSTS, DEFAULT_NETS, DEFAULT_RULE_ENTRIES},
-    Config, Counter, FlowKey, FlowState, PortKey, RuleKey, Verdict,
+    Config, Counter, FlowKey, FlowState, RuleKey, Verdict,
 };
 
 use crate::{compile::Compiled, instance::Instance, policy::Policy};
@@ -116,7 +116,7 @@ impl Datapath {
     /// Creates the maps and writes the policy; loads no program.
     fn open(policy: &Policy, compiled: &Compiled, trace: bool) -> Result<Datapath, LoadError> {
         let trace = u8::from(trace);
-        let rule_entries = compiled.rules.len().max(compiled.ports.len());
+        let rule_entries = compiled.rules.len();
         let ebpf = EbpfLoader::new()
             .override_global(maps::TRACE_GLOBAL, &trace, true)
             .map_max_entries(maps::FLOWS, policy.options.flow_table_size)
@@ -125,7 +125,6 @@ impl Datapath {
             .map_max_entries(maps::HOSTS_V6, size(compiled.hosts_v6.len(), DEFAULT_HOSTS))
             .map_max_entries(maps::NETS_V4, size(compiled.nets_v4.len(), DEFAULT_NETS))
             .map_max_entries(maps::NETS_V6, size(compiled.nets_v6.len(), DEFAULT_NETS))
-            .map_max_entries(maps::PORTS, size(rule_entries, DEFAULT_RULE_ENTRIES))
             .map_max_entries(maps::RULES, size(rule_entries, DEFAULT_RULE_ENTRIES))
             .load(OBJECT)?;
         let mut datapath = Datapath { ebpf };
@@ -161,9 +160,9 @@ impl Datapath {
         for &(len, addr, roles) in &compiled.nets_v6 {
             nets.insert(&Key::new(len, addr), roles, 0)?;
         }
-        let mut ports: HashMap<_, PortKey, u32> = HashMap::try_from(self.map_mut(maps::PORTS)?)?;
-        for key in &compiled.ports {
-            ports.insert(key, 1, 0)?;
+        let mut ports: Array<_, u32> = Array::try_from(self.map_mut(maps::PORTS)?)?;
+        for &(slot, roles) in &compiled.ports {
+            ports.set(slot, roles, 0)?;
         }
         let mut rules: HashMap<_, RuleKey, u32> = HashMap::try_from(self.map_mut(maps::RULES)?)?;
         for (key, index) in &compiled.rules {
