@@ -98,59 +98,39 @@ const CLOSED_PORT: u16 = 22;
 const OPEN_PORT: u16 = 443;
 const NEW_FLOW_RULE: &str = "director-fe-https";
 
+/// Kernel cost per packet of each path, at several peer and rule counts.
+#[derive(clap::Parser)]
 struct Args {
+    /// Interleaved rounds; figures are medians over them.
+    #[arg(long, default_value_t = 5)]
     rounds: usize,
+    /// Test runs of each frame per measurement.
+    #[arg(long, default_value_t = 1_000_000)]
     repeat: u32,
+    /// Distinct flows created per new-flow measurement.
+    #[arg(long, default_value_t = 4_000)]
     new_flow_frames: u16,
+    /// Peer counts.
+    #[arg(long, value_delimiter = ',', default_values_t = [10, 10_000, 1_000_000])]
     peers: Vec<usize>,
     /// Rule counts measured at the smallest peer count, beyond the profile's own rules.
+    #[arg(long, value_delimiter = ',', default_values_t = [1_000, 10_000])]
     rules: Vec<usize>,
+    /// Two rounds, 100,000 repeats, 1,000 new flows.
+    #[arg(long)]
+    quick: bool,
+    /// Passed by `cargo bench` to benches without the standard harness.
+    #[arg(long, hide = true)]
+    bench: bool,
 }
 
 impl Args {
     fn parse() -> Result<Args> {
-        let mut args = Args {
-            rounds: 5,
-            repeat: 1_000_000,
-            new_flow_frames: 4_000,
-            peers: vec![10, 10_000, 1_000_000],
-            rules: vec![1_000, 10_000],
-        };
-        let mut it = std::env::args().skip(1);
-        while let Some(arg) = it.next() {
-            let mut value = |name: &str| it.next().with_context(|| format!("{name} needs a value"));
-            match arg.as_str() {
-                // cargo bench passes --bench to harness-less benches.
-                "--bench" => {}
-                "--quick" => {
-                    args.rounds = 2;
-                    args.repeat = 100_000;
-                    args.new_flow_frames = 1_000;
-                }
-                "--rounds" => args.rounds = value("--rounds")?.parse()?,
-                "--repeat" => args.repeat = value("--repeat")?.parse()?,
-                "--new-flow-frames" => {
-                    args.new_flow_frames = value("--new-flow-frames")?.parse()?
-                }
-                "--rules" => {
-                    args.rules = value("--rules")?
-                        .split(',')
-                        .map(str::parse)
-                        .collect::<Result<_, _>>()
-                        .context("--rules takes a comma-separated list of counts")?;
-                }
-                "--peers" => {
-                    args.peers = value("--peers")?
-                        .split(',')
-                        .map(|n| n.trim().replace('_', "").parse())
-                        .collect::<Result<_, _>>()
-                        .context("--peers takes a comma-separated list of counts")?;
-                }
-                other => bail!(
-                    "unknown argument {other:?}; options: --rounds N, --repeat N, \
-                     --new-flow-frames N, --peers N,N,..., --rules N,N,..., --quick"
-                ),
-            }
+        let mut args = <Args as clap::Parser>::parse();
+        if args.quick {
+            args.rounds = 2;
+            args.repeat = 100_000;
+            args.new_flow_frames = 1_000;
         }
         ensure!(
             args.rounds > 0 && args.repeat > 0,

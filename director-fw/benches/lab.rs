@@ -53,8 +53,7 @@
 //!   Figures are medians over rounds with min-max; ratios to no filter and to nftables are
 //!   taken within a round, then the median is reported.
 //!
-//! Output: a table on stdout and `target/bench/lab.json`. Options: `--rounds N`, `--secs S`, `--warmup S`,
-//! `--filters a,b,...`, `--mixes deny,allow,mix`, `--quick` (1 round of 1 s).
+//! Output: a table on stdout and `target/bench/lab.json`. Options: `--help`.
 
 mod shared;
 
@@ -268,72 +267,44 @@ impl Mix {
     }
 }
 
+/// Lab throughput: packets per second through the lab's gateway, filter by filter.
+#[derive(clap::Parser)]
 struct Args {
+    /// Rounds; each visits every filter, and figures are medians over them.
+    #[arg(long, default_value_t = 5)]
     rounds: usize,
+    /// Seconds measured per filter and mix.
+    #[arg(long, default_value_t = 2.0)]
     secs: f64,
+    /// Seconds of traffic before each measurement.
+    #[arg(long, default_value_t = 0.3)]
     warmup: f64,
+    /// Filters to measure (default: all).
+    #[arg(long, value_delimiter = ',')]
     filters: Vec<Filter>,
+    /// Traffic mixes to measure (default: all).
+    #[arg(long, value_delimiter = ',')]
     mixes: Vec<Mix>,
+    /// One round of one second.
+    #[arg(long)]
+    quick: bool,
+    /// Passed by `cargo bench` to benches without the standard harness.
+    #[arg(long, hide = true)]
+    bench: bool,
 }
 
 impl Args {
     fn parse() -> Result<Args> {
-        let mut args = Args {
-            rounds: 5,
-            secs: 2.0,
-            warmup: 0.3,
-            filters: Filter::ALL.to_vec(),
-            mixes: Mix::ALL.to_vec(),
-        };
-        let mut it = std::env::args().skip(1);
-        while let Some(arg) = it.next() {
-            let mut value = |name: &str| it.next().with_context(|| format!("{name} needs a value"));
-            match arg.as_str() {
-                // cargo bench passes --bench to harness-less benches.
-                "--bench" => {}
-                "--quick" => {
-                    args.rounds = 1;
-                    args.secs = 1.0;
-                }
-                "--rounds" => args.rounds = value("--rounds")?.parse()?,
-                "--secs" => args.secs = value("--secs")?.parse()?,
-                "--warmup" => args.warmup = value("--warmup")?.parse()?,
-                "--filters" => {
-                    let list = value("--filters")?;
-                    args.filters = list
-                        .split(',')
-                        .map(|name| {
-                            Filter::ALL
-                                .into_iter()
-                                .find(|f| f.name() == name.trim())
-                                .with_context(|| {
-                                    format!(
-                                        "unknown filter {name:?}; filters: {}",
-                                        Filter::ALL.map(Filter::name).join(",")
-                                    )
-                                })
-                        })
-                        .collect::<Result<_>>()?;
-                }
-                "--mixes" => {
-                    let list = value("--mixes")?;
-                    args.mixes = list
-                        .split(',')
-                        .map(|name| {
-                            Mix::ALL
-                                .into_iter()
-                                .find(|m| m.name() == name.trim())
-                                .with_context(|| {
-                                    format!("unknown mix {name:?}; mixes: deny,allow,mix")
-                                })
-                        })
-                        .collect::<Result<_>>()?;
-                }
-                other => bail!(
-                    "unknown argument {other:?}; options: --rounds N, --secs S, --warmup S, \
-                     --filters a,b,..., --mixes deny,allow,mix, --quick"
-                ),
-            }
+        let mut args = <Args as clap::Parser>::parse();
+        if args.quick {
+            args.rounds = 1;
+            args.secs = 1.0;
+        }
+        if args.filters.is_empty() {
+            args.filters = Filter::ALL.to_vec();
+        }
+        if args.mixes.is_empty() {
+            args.mixes = Mix::ALL.to_vec();
         }
         ensure!(args.rounds > 0, "--rounds must be positive");
         ensure!(
@@ -344,11 +315,27 @@ impl Args {
         args.filters.dedup();
         args.mixes.sort();
         args.mixes.dedup();
-        ensure!(
-            !args.filters.is_empty() && !args.mixes.is_empty(),
-            "nothing to measure"
-        );
         Ok(args)
+    }
+}
+
+impl clap::ValueEnum for Filter {
+    fn value_variants<'a>() -> &'a [Self] {
+        &Filter::ALL
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.name()).help(self.describe()))
+    }
+}
+
+impl clap::ValueEnum for Mix {
+    fn value_variants<'a>() -> &'a [Self] {
+        &Mix::ALL
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.name()).help(self.describe()))
     }
 }
 
