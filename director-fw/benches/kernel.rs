@@ -9,7 +9,8 @@
 //! - Paths: a rule passes a new flow (director -> front-end:444 SYN), an established flow
 //!   forward (director -> front-end ACK) and reply (front-end -> director ACK), no-rule drop
 //!   (outsider -> director:22, a closed port on a protected host), unprotected pass (outsider ->
-//!   an internal client, a role that no rule protects) and malformed (the IPv4 length cuts the
+//!   an internal client, a role that no rule protects; as a SYN, and as an ACK, which may
+//!   belong to a flow) and malformed (the IPv4 length cuts the
 //!   TCP header to 10 bytes; the frame stays 64 bytes, the rest is Ethernet padding). One more
 //!   path helps read the others: no-rule drop on an open port (outsider -> director:443, open
 //!   to internal clients only) takes every lookup of the new-flow path but the flow insert.
@@ -244,18 +245,22 @@ enum PathId {
     EstablishedReply,
     NoRuleDrop,
     OpenPortNoRule,
+    /// Outsider to an unprotected host, SYN.
     UnprotectedPass,
+    /// The same with ACK: a packet that may belong to a flow.
+    UnprotectedAck,
     Malformed,
 }
 
 impl PathId {
-    const ALL: [PathId; 7] = [
+    const ALL: [PathId; 8] = [
         PathId::NewFlow,
         PathId::EstablishedForward,
         PathId::EstablishedReply,
         PathId::NoRuleDrop,
         PathId::OpenPortNoRule,
         PathId::UnprotectedPass,
+        PathId::UnprotectedAck,
         PathId::Malformed,
     ];
 
@@ -267,6 +272,7 @@ impl PathId {
             PathId::NoRuleDrop => "no-rule drop",
             PathId::OpenPortNoRule => "no-rule drop, open port",
             PathId::UnprotectedPass => "unprotected pass",
+            PathId::UnprotectedAck => "unprotected pass, ACK",
             PathId::Malformed => "malformed",
         }
     }
@@ -279,6 +285,7 @@ impl PathId {
             PathId::NoRuleDrop => "no_rule_drop",
             PathId::OpenPortNoRule => "no_rule_drop_open_port",
             PathId::UnprotectedPass => "unprotected_pass",
+            PathId::UnprotectedAck => "unprotected_pass_ack",
             PathId::Malformed => "malformed",
         }
     }
@@ -294,6 +301,13 @@ impl PathId {
                 tcp(Role::Outsider, 40_000, Role::Director, OPEN_PORT, TCP_SYN)
             }
             PathId::UnprotectedPass => syn_from_outsider(v4(Role::InternalClients)),
+            PathId::UnprotectedAck => tcp(
+                Role::Outsider,
+                40_000,
+                Role::InternalClients,
+                CLOSED_PORT,
+                TCP_ACK,
+            ),
             PathId::Malformed => truncated_tcp(),
         }
     }
@@ -679,6 +693,7 @@ fn check_paths(datapath: &mut Datapath, policy: &Policy) -> Result<()> {
             PathId::UnprotectedPass,
             Verdict::Pass(PassKind::Unprotected),
         ),
+        (PathId::UnprotectedAck, Verdict::Pass(PassKind::Unprotected)),
         (PathId::Malformed, Verdict::Drop(DropReason::Malformed)),
     ];
     for (path, verdict) in checks {

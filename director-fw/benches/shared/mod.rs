@@ -1,4 +1,7 @@
-//! What the benches share: statistics over rounds, CPU pinning and where reports go.
+//! What the benches share: statistics over rounds, CPU pinning, resident memory and where
+//! reports go.
+// Each bench uses its own part of this module.
+#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 
@@ -69,4 +72,16 @@ pub fn out_path(file: &str) -> PathBuf {
         None => workspace.join("target"),
     };
     target.join("bench").join(file)
+}
+
+/// This process's resident memory (VmRSS), in KiB; 0 if /proc does not say.
+pub fn resident_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
 }
