@@ -1,5 +1,7 @@
 //! The single `CONFIG` entry: options and role masks of the active policy.
 
+use crate::TableMasks;
+
 /// Options and role masks. An all-zero `Config` protects nothing, so a freshly loaded program
 /// passes everything until a policy is written.
 #[repr(C)]
@@ -13,13 +15,16 @@ pub struct Config {
     pub flags: u32,
     /// Generation of the rule maps in use; rule keys carry it.
     pub generation: u32,
+    /// Sizes of the host tables (`HOSTS_V4`, `HOSTS_V6` and their seeds).
+    pub hosts_v4: TableMasks,
+    pub hosts_v6: TableMasks,
     pub tcp_timeout_ns: u64,
     pub tcp_closing_timeout_ns: u64,
     pub udp_timeout_ns: u64,
     pub icmp_timeout_ns: u64,
     pub fragment_timeout_ns: u64,
 }
-const _: () = assert!(core::mem::size_of::<Config>() == 56);
+const _: () = assert!(core::mem::size_of::<Config>() == 72);
 
 /// Drop packets to unprotected addresses instead of passing them.
 pub const FLAG_UNPROTECTED_DROP: u32 = 1 << 0;
@@ -27,9 +32,9 @@ pub const FLAG_UNPROTECTED_DROP: u32 = 1 << 0;
 pub const FLAG_ICMP_ECHO_DENY: u32 = 1 << 1;
 /// Count would-be drops, drop nothing.
 pub const FLAG_AUDIT: u32 = 1 << 2;
-/// `NETS_V4` has entries: look there when `HOSTS_V4` misses.
+/// `NETS_V4` has entries: look there when an address is not in `HOSTS_V4`.
 pub const FLAG_NETS_V4: u32 = 1 << 3;
-/// `NETS_V6` has entries: look there when `HOSTS_V6` misses.
+/// `NETS_V6` has entries: look there when an address is not in `HOSTS_V6`.
 pub const FLAG_NETS_V6: u32 = 1 << 4;
 
 pub const NS_PER_SEC: u64 = 1_000_000_000;

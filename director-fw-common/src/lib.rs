@@ -6,12 +6,14 @@
 
 pub mod config;
 pub mod flow;
+pub mod hosts;
 pub mod maps;
 pub mod rules;
 pub mod verdict;
 
 pub use config::Config;
 pub use flow::{FlowKey, FlowState, FragKey, FragState};
+pub use hosts::{HostV4, HostV6, TableMasks};
 pub use rules::{port_slot, RuleKey, PORT_SLOTS};
 pub use verdict::{Counter, DropReason, PassKind, Verdict};
 
@@ -44,4 +46,6 @@ mod pod {
     unsafe impl aya::Pod for FragState {}
     unsafe impl aya::Pod for RuleKey {}
     unsafe impl aya::Pod for Counter {}
+    unsafe impl aya::Pod for HostV4 {}
+    unsafe impl aya::Pod for HostV6 {}
 }

@@ -3,9 +3,13 @@
 
 /// `Array<Config>`, one entry: the active options and role masks.
 pub const CONFIG: &str = "CONFIG";
-/// `HashMap<u32, u32>`: IPv4 host address (network byte order) -> role bits.
+/// `Array<u32>`: the seed of each bucket of the IPv4 host table (see [`crate::hosts`]).
+pub const HOST_SEEDS_V4: &str = "HOST_SEEDS_V4";
+/// `Array<HostV4>`: the slots of the IPv4 host table: address and role bits.
 pub const HOSTS_V4: &str = "HOSTS_V4";
-/// `HashMap<[u32; 4], u32>`: IPv6 host address -> role bits.
+/// `Array<u32>`: the seed of each bucket of the IPv6 host table.
+pub const HOST_SEEDS_V6: &str = "HOST_SEEDS_V6";
+/// `Array<HostV6>`: the slots of the IPv6 host table.
 pub const HOSTS_V6: &str = "HOSTS_V6";
 /// `LpmTrie<u32, u32>`: IPv4 prefix -> role bits of the prefix and every prefix covering it.
 pub const NETS_V4: &str = "NETS_V4";
@@ -27,9 +31,11 @@ pub const COUNTERS: &str = "COUNTERS";
 pub const LAST_VERDICT: &str = "LAST_VERDICT";
 
 /// Every map, in the order the loader pins them.
-pub const ALL: [&str; 11] = [
+pub const ALL: [&str; 13] = [
     CONFIG,
+    HOST_SEEDS_V4,
     HOSTS_V4,
+    HOST_SEEDS_V6,
     HOSTS_V6,
     NETS_V4,
     NETS_V6,
@@ -49,7 +55,6 @@ pub const XDP_PROGRAM: &str = "director_fw_xdp";
 pub const TC_PROGRAM: &str = "director_fw_tc";
 
 /// Default sizes; the loader overrides them from the policy's options.
-pub const DEFAULT_HOSTS: u32 = 65_536;
 pub const DEFAULT_NETS: u32 = 16_384;
 pub const DEFAULT_RULE_ENTRIES: u32 = 65_536;
 pub const DEFAULT_FLOWS: u32 = 262_144;

@@ -1,21 +1,42 @@
 //! Roles and rules: which roles an address has, and which rule (if any) passes a packet.
-//! Host addresses are an exact-match hash; prefixes sit in an LPM trie that is only consulted
-//! when the policy has prefixes of that family, so a policy of hosts pays one hash lookup.
+//! Host addresses sit in a host table (see `director_fw_common::hosts`): two array reads.
+//! Prefixes sit in an LPM trie that is only consulted when the policy has prefixes of that
+//! family, so a policy of hosts pays no hash or trie lookup for roles.
 
 use aya_ebpf::maps::lpm_trie::Key;
 use director_fw_common::{
     config::{FLAG_NETS_V4, FLAG_NETS_V6},
-    port_slot, Config, RuleKey,
+    hosts, port_slot, Config, RuleKey,
 };
 
-use crate::maps::{HOSTS_V4, HOSTS_V6, NETS_V4, NETS_V6, PORTS, RULES};
+use crate::maps::{
+    HOSTS_V4, HOSTS_V6, HOST_SEEDS_V4, HOST_SEEDS_V6, NETS_V4, NETS_V6, PORTS, RULES,
+};
+
+/// Role bits of a host address in the IPv4 host table, if it is there.
+#[inline(always)]
+fn host_v4(cfg: &Config, addr: u32) -> Option<u32> {
+    let key = hosts::key_v4(addr);
+    let seed = HOST_SEEDS_V4.get(hosts::bucket(key, &cfg.hosts_v4))?;
+    let host = HOSTS_V4.get(hosts::slot(key, *seed, &cfg.hosts_v4))?;
+    (host.addr == addr && host.roles != 0).then_some(host.roles)
+}
+
+/// The same for IPv6.
+#[inline(always)]
+fn host_v6(cfg: &Config, addr: &[u32; 4]) -> Option<u32> {
+    let key = hosts::key_v6(addr);
+    let seed = HOST_SEEDS_V6.get(hosts::bucket(key, &cfg.hosts_v6))?;
+    let host = HOSTS_V6.get(hosts::slot(key, *seed, &cfg.hosts_v6))?;
+    (host.addr == *addr && host.roles != 0).then_some(host.roles)
+}
 
 /// Role bits of an address; 0 for an address in no role.
 #[inline(always)]
 pub fn roles(cfg: &Config, family: u8, addr: &[u32; 4]) -> u32 {
     if family == 4 {
-        if let Some(roles) = HOSTS_V4.get_ptr(addr[0]) {
-            return unsafe { *roles };
+        if let Some(roles) = host_v4(cfg, addr[0]) {
+            return roles;
         }
         if cfg.flags & FLAG_NETS_V4 != 0 {
             if let Some(roles) = NETS_V4.get(Key::new(32, addr[0])) {
@@ -23,8 +44,8 @@ pub fn roles(cfg: &Config, family: u8, addr: &[u32; 4]) -> u32 {
             }
         }
     } else {
-        if let Some(roles) = HOSTS_V6.get_ptr(addr) {
-            return unsafe { *roles };
+        if let Some(roles) = host_v6(cfg, addr) {
+            return roles;
         }
         if cfg.flags & FLAG_NETS_V6 != 0 {
             if let Some(roles) = NETS_V6.get(Key::new(128, *addr)) {

@@ -5,18 +5,23 @@ use aya_ebpf::{
     maps::{lpm_trie::LpmTrie, Array, HashMap, LruHashMap, PerCpuArray},
 };
 use director_fw_common::{
-    maps::{DEFAULT_FLOWS, DEFAULT_FRAGS, DEFAULT_HOSTS, DEFAULT_NETS, DEFAULT_RULE_ENTRIES},
+    maps::{DEFAULT_FLOWS, DEFAULT_FRAGS, DEFAULT_NETS, DEFAULT_RULE_ENTRIES},
     verdict::COUNTER_SLOTS,
-    Config, Counter, FlowKey, FlowState, FragKey, FragState, RuleKey, PORT_SLOTS,
+    Config, Counter, FlowKey, FlowState, FragKey, FragState, HostV4, HostV6, RuleKey, PORT_SLOTS,
 };
 
 #[map(name = "CONFIG")]
 pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 
+// The loader sizes the host tables to the policy.
+#[map(name = "HOST_SEEDS_V4")]
+pub static HOST_SEEDS_V4: Array<u32> = Array::with_max_entries(1, 0);
 #[map(name = "HOSTS_V4")]
-pub static HOSTS_V4: HashMap<u32, u32> = HashMap::with_max_entries(DEFAULT_HOSTS, 0);
+pub static HOSTS_V4: Array<HostV4> = Array::with_max_entries(1, 0);
+#[map(name = "HOST_SEEDS_V6")]
+pub static HOST_SEEDS_V6: Array<u32> = Array::with_max_entries(1, 0);
 #[map(name = "HOSTS_V6")]
-pub static HOSTS_V6: HashMap<[u32; 4], u32> = HashMap::with_max_entries(DEFAULT_HOSTS, 0);
+pub static HOSTS_V6: Array<HostV6> = Array::with_max_entries(1, 0);
 #[map(name = "NETS_V4")]
 pub static NETS_V4: LpmTrie<u32, u32> = LpmTrie::with_max_entries(DEFAULT_NETS, 0);
 #[map(name = "NETS_V6")]

@@ -10,11 +10,14 @@ use director_fw_common::{
         FLAG_AUDIT, FLAG_ICMP_ECHO_DENY, FLAG_NETS_V4, FLAG_NETS_V6, FLAG_UNPROTECTED_DROP,
         FRAGMENT_TIMEOUT_SECS, ICMP_TIMEOUT_SECS, NS_PER_SEC, TCP_CLOSING_TIMEOUT_SECS,
     },
-    port_slot, Config, RuleKey,
+    hosts, port_slot, Config, HostV4, HostV6, RuleKey,
 };
 use ipnet::IpNet;
 
-use crate::policy::{bit, IcmpEcho, Policy, Source, Unprotected};
+use crate::{
+    host_table::{self, HostTable},
+    policy::{bit, IcmpEcho, Policy, Source, Unprotected},
+};
 
 /// Above this many rule entries a policy is refused: its port ranges times its role
 /// combinations would take more kernel memory than any sane policy needs.
@@ -23,8 +26,11 @@ pub const MAX_RULE_ENTRIES: usize = 4 << 20;
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Compiled {
     pub config: Config,
+    /// (host address, roles), and the same as the kernel's host table.
     pub hosts_v4: Vec<(u32, u32)>,
+    pub host_table_v4: HostTable<HostV4>,
     pub hosts_v6: Vec<([u32; 4], u32)>,
+    pub host_table_v6: HostTable<HostV6>,
     /// (prefix length, network, roles)
     pub nets_v4: Vec<(u32, u32, u32)>,
     pub nets_v6: Vec<(u32, [u32; 4], u32)>,
@@ -35,10 +41,15 @@ pub struct Compiled {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("{file}: the policy expands to {entries} rule entries (ports x role combinations); at most {MAX_RULE_ENTRIES} are supported. Use fewer or narrower port ranges.")]
-pub struct TooLarge {
-    pub file: String,
-    pub entries: usize,
+pub enum CompileError {
+    #[error("{file}: the policy expands to {entries} rule entries (ports x role combinations); at most {MAX_RULE_ENTRIES} are supported. Use fewer or narrower port ranges.")]
+    TooLarge { file: String, entries: usize },
+    #[error("{file}: no host table fits its {hosts} IPv{family} host addresses")]
+    HostTable {
+        file: String,
+        family: u8,
+        hosts: usize,
+    },
 }
 
 /// An address as the kernel reads it: four words as they lie in the packet.
@@ -75,6 +86,9 @@ pub fn config(policy: &Policy) -> Config {
         udp_timeout_ns: options.udp_timeout * NS_PER_SEC,
         icmp_timeout_ns: ICMP_TIMEOUT_SECS * NS_PER_SEC,
         fragment_timeout_ns: FRAGMENT_TIMEOUT_SECS * NS_PER_SEC,
+        // Set with the host tables.
+        hosts_v4: Default::default(),
+        hosts_v6: Default::default(),
     }
 }
 
@@ -114,7 +128,7 @@ fn address_roles(policy: &Policy) -> BTreeMap<IpNet, u32> {
         .collect()
 }
 
-pub fn compile(policy: &Policy) -> Result<Compiled, TooLarge> {
+pub fn compile(policy: &Policy) -> Result<Compiled, CompileError> {
     let config = config(policy);
     let mut compiled = Compiled {
         config,
@@ -131,6 +145,25 @@ pub fn compile(policy: &Policy) -> Result<Compiled, TooLarge> {
             _ => compiled.nets_v6.push((len, addr, mask)),
         }
     }
+    let no_table = |family, hosts| CompileError::HostTable {
+        file: policy.source.clone(),
+        family,
+        hosts,
+    };
+    let v4: Vec<_> = compiled
+        .hosts_v4
+        .iter()
+        .map(|&(addr, roles)| (hosts::key_v4(addr), HostV4 { addr, roles }))
+        .collect();
+    compiled.host_table_v4 = host_table::build(&v4).ok_or(no_table(4, v4.len()))?;
+    compiled.config.hosts_v4 = compiled.host_table_v4.masks;
+    let v6: Vec<_> = compiled
+        .hosts_v6
+        .iter()
+        .map(|&(addr, roles)| (hosts::key_v6(&addr), HostV6 { addr, roles }))
+        .collect();
+    compiled.host_table_v6 = host_table::build(&v6).ok_or(no_table(6, v6.len()))?;
+    compiled.config.hosts_v6 = compiled.host_table_v6.masks;
     if !compiled.nets_v4.is_empty() {
         compiled.config.flags |= FLAG_NETS_V4;
     }
@@ -156,7 +189,7 @@ pub fn compile(policy: &Policy) -> Result<Compiled, TooLarge> {
         })
         .sum();
     if entries > MAX_RULE_ENTRIES {
-        return Err(TooLarge {
+        return Err(CompileError::TooLarge {
             file: policy.source.clone(),
             entries,
         });
@@ -283,7 +316,10 @@ edge-internal = ["198.18.4.10"]
         }
         let policy = Policy::from_toml("big.toml", &text).unwrap();
         let err = compile(&policy).unwrap_err();
-        assert_eq!(err.entries, 8 * 65535 * 9);
+        assert!(
+            matches!(err, CompileError::TooLarge { entries, .. } if entries == 8 * 65535 * 9),
+            "{err:?}"
+        );
         assert!(err.to_string().starts_with("big.toml:"), "{err}");
     }
 }

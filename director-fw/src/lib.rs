@@ -4,6 +4,7 @@
 
 pub mod compile;
 pub mod explain;
+pub mod host_table;
 pub mod instance;
 pub mod loader;
 pub mod model;

@@ -12,11 +12,11 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use director_fw_common::{
-    maps::{self, DEFAULT_FRAGS, DEFAULT_HOSTS, DEFAULT_NETS, DEFAULT_RULE_ENTRIES},
+    maps::{self, DEFAULT_FRAGS, DEFAULT_NETS, DEFAULT_RULE_ENTRIES},
     Config, Counter, FlowKey, FlowState, RuleKey, Verdict,
 };
 
-use crate::{compile::Compiled, instance::Instance, policy::Policy};
+use crate::{compile::Compiled, host_table::HostTable, instance::Instance, policy::Policy};
 
 /// The kernel object, built by this crate's build script.
 pub static OBJECT: &[u8] =
@@ -117,12 +117,17 @@ impl Datapath {
     fn open(policy: &Policy, compiled: &Compiled, trace: bool) -> Result<Datapath, LoadError> {
         let trace = u8::from(trace);
         let rule_entries = compiled.rules.len();
+        let (t4, t6) = (&compiled.host_table_v4, &compiled.host_table_v6);
+        // The tables' sizes are powers of two up to 2^25 or so, well within u32.
+        let len = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
         let ebpf = EbpfLoader::new()
             .override_global(maps::TRACE_GLOBAL, &trace, true)
             .map_max_entries(maps::FLOWS, policy.options.flow_table_size)
             .map_max_entries(maps::FRAGS, DEFAULT_FRAGS)
-            .map_max_entries(maps::HOSTS_V4, size(compiled.hosts_v4.len(), DEFAULT_HOSTS))
-            .map_max_entries(maps::HOSTS_V6, size(compiled.hosts_v6.len(), DEFAULT_HOSTS))
+            .map_max_entries(maps::HOST_SEEDS_V4, len(t4.seeds.len()))
+            .map_max_entries(maps::HOSTS_V4, len(t4.slots.len()))
+            .map_max_entries(maps::HOST_SEEDS_V6, len(t6.seeds.len()))
+            .map_max_entries(maps::HOSTS_V6, len(t6.slots.len()))
             .map_max_entries(maps::NETS_V4, size(compiled.nets_v4.len(), DEFAULT_NETS))
             .map_max_entries(maps::NETS_V6, size(compiled.nets_v6.len(), DEFAULT_NETS))
             .map_max_entries(maps::RULES, size(rule_entries, DEFAULT_RULE_ENTRIES))
@@ -143,15 +148,8 @@ impl Datapath {
     /// Writes every entry first and the configuration last: until `CONFIG` names the
     /// protected roles, the new entries protect nothing, so no packet sees half a policy.
     pub fn write_policy(&mut self, compiled: &Compiled) -> Result<(), LoadError> {
-        let mut hosts: HashMap<_, u32, u32> = HashMap::try_from(self.map_mut(maps::HOSTS_V4)?)?;
-        for (addr, roles) in &compiled.hosts_v4 {
-            hosts.insert(addr, roles, 0)?;
-        }
-        let mut hosts: HashMap<_, [u32; 4], u32> =
-            HashMap::try_from(self.map_mut(maps::HOSTS_V6)?)?;
-        for (addr, roles) in &compiled.hosts_v6 {
-            hosts.insert(addr, roles, 0)?;
-        }
+        self.write_host_table(maps::HOST_SEEDS_V4, maps::HOSTS_V4, &compiled.host_table_v4)?;
+        self.write_host_table(maps::HOST_SEEDS_V6, maps::HOSTS_V6, &compiled.host_table_v6)?;
         let mut nets: LpmTrie<_, u32, u32> = LpmTrie::try_from(self.map_mut(maps::NETS_V4)?)?;
         for &(len, addr, roles) in &compiled.nets_v4 {
             nets.insert(&Key::new(len, addr), roles, 0)?;
@@ -169,6 +167,26 @@ impl Datapath {
             rules.insert(key, index, 0)?;
         }
         self.set_config(&compiled.config)
+    }
+
+    /// Writes the seeds and the used slots; the maps start zeroed, which is what an unused
+    /// seed and an empty slot are.
+    fn write_host_table<T: aya::Pod + PartialEq + Default>(
+        &mut self,
+        seeds_map: &'static str,
+        slots_map: &'static str,
+        table: &HostTable<T>,
+    ) -> Result<(), LoadError> {
+        let mut seeds: Array<_, u32> = Array::try_from(self.map_mut(seeds_map)?)?;
+        for (index, seed) in (0u32..).zip(&table.seeds).filter(|(_, &s)| s != 0) {
+            seeds.set(index, seed, 0)?;
+        }
+        let mut slots: Array<_, T> = Array::try_from(self.map_mut(slots_map)?)?;
+        let empty = T::default();
+        for (index, slot) in (0u32..).zip(&table.slots).filter(|(_, s)| **s != empty) {
+            slots.set(index, slot, 0)?;
+        }
+        Ok(())
     }
 
     pub fn set_config(&mut self, config: &Config) -> Result<(), LoadError> {
