@@ -103,7 +103,7 @@ const NEW_FLOW_RULE: &str = "director-fe-https";
 #[derive(clap::Parser)]
 struct Args {
     /// Interleaved rounds; figures are medians over them.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 9)]
     rounds: usize,
     /// Test runs of each frame per measurement.
     #[arg(long, default_value_t = 1_000_000)]
