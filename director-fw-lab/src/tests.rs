@@ -71,7 +71,7 @@ fn address_plan() {
     assert!(is_lab_addr("198.18.0.0".parse().unwrap()));
     assert!(is_lab_addr("198.19.255.255".parse().unwrap()));
     assert!(!is_lab_addr("198.20.0.1".parse().unwrap()));
-    assert!(!is_lab_addr("10.0.0.1".parse().unwrap()));
+    assert!(!is_lab_addr("192.0.2.1".parse().unwrap()));
     assert!(is_lab_addr("2001:db8:ffff::1".parse().unwrap()));
     assert!(!is_lab_addr("2001:db9::1".parse().unwrap()));
 }

@@ -39,6 +39,30 @@ fn left(deadline: Instant) -> Duration {
         .max(Duration::from_millis(1))
 }
 
+/// What one exchange sends and expects, and how errors name it.
+struct Exchange {
+    dst: SocketAddr,
+    src_ip: IpAddr,
+    request: Vec<u8>,
+    reply: Vec<u8>,
+    what: String,
+}
+
+impl Exchange {
+    fn new(proto: &str, from: &Host, to: &Host, port: u16, ipv6: bool) -> Exchange {
+        let dst = SocketAddr::new(to.addr(ipv6), port);
+        let src_ip = from.addr(ipv6);
+        let tag = nonce();
+        Exchange {
+            dst,
+            src_ip,
+            request: format!("dfw-lab {proto} {} -> {} {tag}\n", from.role, to.role).into_bytes(),
+            reply: format!("dfw-lab {proto} reply {tag}\n").into_bytes(),
+            what: format!("{proto} {}({src_ip}) -> {}({dst})", from.role, to.role),
+        }
+    }
+}
+
 /// Starts a TCP listener in `to`'s namespace on (`to`'s address, `port`), connects to it from
 /// `from`'s namespace and sends one short message each way, checking both arrive intact and
 /// that the listener saw `from`'s address as the source.
@@ -56,12 +80,13 @@ pub fn tcp_exchange(
     timeout: Duration,
 ) -> Result<bool> {
     check_timeout(timeout)?;
-    let dst = SocketAddr::new(to.addr(ipv6), port);
-    let src_ip = from.addr(ipv6);
-    let tag = nonce();
-    let request = format!("dfw-lab tcp {} -> {} {tag}\n", from.role, to.role).into_bytes();
-    let reply = format!("dfw-lab tcp reply {tag}\n").into_bytes();
-    let what = format!("tcp {}({src_ip}) -> {}({dst})", from.role, to.role);
+    let Exchange {
+        dst,
+        src_ip,
+        request,
+        reply,
+        what,
+    } = Exchange::new("tcp", from, to, port, ipv6);
 
     let listener = in_netns(&to.ns, move || {
         TcpListener::bind(dst).with_context(|| format!("binding TCP listener on {dst}"))
@@ -178,12 +203,13 @@ pub fn udp_exchange(
     timeout: Duration,
 ) -> Result<bool> {
     check_timeout(timeout)?;
-    let dst = SocketAddr::new(to.addr(ipv6), port);
-    let src_ip = from.addr(ipv6);
-    let tag = nonce();
-    let request = format!("dfw-lab udp {} -> {} {tag}\n", from.role, to.role).into_bytes();
-    let reply = format!("dfw-lab udp reply {tag}\n").into_bytes();
-    let what = format!("udp {}({src_ip}) -> {}({dst})", from.role, to.role);
+    let Exchange {
+        dst,
+        src_ip,
+        request,
+        reply,
+        what,
+    } = Exchange::new("udp", from, to, port, ipv6);
 
     let server_sock = in_netns(&to.ns, move || {
         UdpSocket::bind(dst).with_context(|| format!("binding UDP socket on {dst}"))
