@@ -8,12 +8,15 @@ use std::{
     process::Command,
 };
 
+include!("stable-only-env.rs");
+
 fn main() {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
     let root = manifest.parent().unwrap().to_path_buf();
     let ebpf = root.join("director-fw-ebpf");
     let linker_dir = root.join(".tools/bpf-linker/bin");
     for watched in [
+        "director-fw/stable-only-env.rs",
         "director-fw-ebpf/src",
         "director-fw-ebpf/Cargo.toml",
         "director-fw-common/src",
@@ -47,18 +50,7 @@ fn main() {
         .arg(&target_dir)
         .current_dir(&ebpf)
         .env("PATH", path);
-    // The outer (stable) build's settings must not leak into the nightly eBPF build.
-    for var in [
-        "RUSTC",
-        "RUSTC_WRAPPER",
-        "RUSTC_WORKSPACE_WRAPPER",
-        "RUSTFLAGS",
-        "CARGO_ENCODED_RUSTFLAGS",
-        "CARGO_BUILD_TARGET",
-        "CARGO_TARGET_DIR",
-        "RUSTUP_TOOLCHAIN",
-        "CARGO",
-    ] {
+    for var in STABLE_ONLY_ENV {
         cargo.env_remove(var);
     }
     match cargo.status() {

@@ -19,18 +19,7 @@ const FLOORS_CRATE: &str = "bench-floors-ebpf";
 /// Its binary (the eBPF object) name.
 const FLOORS_BIN: &str = "bench-floors";
 
-/// Settings of the stable cargo running xtask that must not reach the nightly eBPF build.
-const STABLE_ONLY_ENV: &[&str] = &[
-    "RUSTC",
-    "RUSTC_WRAPPER",
-    "RUSTC_WORKSPACE_WRAPPER",
-    "RUSTFLAGS",
-    "CARGO_ENCODED_RUSTFLAGS",
-    "CARGO_BUILD_TARGET",
-    "CARGO_TARGET_DIR",
-    "RUSTUP_TOOLCHAIN",
-    "CARGO",
-];
+include!("../../director-fw/stable-only-env.rs");
 
 /// The benches, in the order a full run takes them.
 const BENCHES: [&str; 3] = ["kernel", "control", "lab"];
