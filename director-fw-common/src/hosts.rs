@@ -41,31 +41,55 @@ pub fn mix(x: u64) -> u64 {
     x ^ (x >> 32)
 }
 
-/// The 64-bit key of an IPv4 address.
+/// The seed's contribution to a slot index.
 #[inline(always)]
-pub fn key_v4(addr: u32) -> u64 {
-    u64::from(addr)
-}
-
-/// The 64-bit key of an IPv6 address: its two halves, one mixed, folded.
-#[inline(always)]
-pub fn key_v6(addr: &[u32; 4]) -> u64 {
-    let high = (u64::from(addr[1]) << 32) | u64::from(addr[0]);
-    let low = (u64::from(addr[3]) << 32) | u64::from(addr[2]);
-    high ^ mix(low)
-}
-
-/// The bucket of a key; its seed is `seeds[bucket]`.
-#[inline(always)]
-pub fn bucket(key: u64, masks: &TableMasks) -> u32 {
-    (mix(key) as u32) & masks.buckets
-}
-
-/// The slot of a key, given its bucket's seed.
-#[inline(always)]
-pub fn slot(key: u64, seed: u32, masks: &TableMasks) -> u32 {
-    let salt = u64::from(seed)
+fn salt(seed: u32) -> u64 {
+    u64::from(seed)
         .wrapping_add(1)
-        .wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    (mix(key ^ salt) as u32) & masks.slots
+        .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
+/// An address that a host table indexes: its bucket, and its slot for a bucket's seed. Two
+/// different addresses get different slots for almost every seed, which is what lets the
+/// builder separate them.
+pub trait HostAddr {
+    fn bucket(&self, masks: &TableMasks) -> u32;
+    fn slot(&self, seed: u32, masks: &TableMasks) -> u32;
+}
+
+/// An IPv4 address as it lies in the packet.
+impl HostAddr for u32 {
+    #[inline(always)]
+    fn bucket(&self, masks: &TableMasks) -> u32 {
+        (mix(u64::from(*self)) as u32) & masks.buckets
+    }
+
+    #[inline(always)]
+    fn slot(&self, seed: u32, masks: &TableMasks) -> u32 {
+        (mix(u64::from(*self) ^ salt(seed)) as u32) & masks.slots
+    }
+}
+
+/// An IPv6 address as it lies in the packet. Its slot mixes both halves in turn, so it
+/// depends on all 128 bits: no fold to 64 bits can make two addresses inseparable.
+impl HostAddr for [u32; 4] {
+    #[inline(always)]
+    fn bucket(&self, masks: &TableMasks) -> u32 {
+        let (high, low) = halves(self);
+        (mix(high ^ mix(low)) as u32) & masks.buckets
+    }
+
+    #[inline(always)]
+    fn slot(&self, seed: u32, masks: &TableMasks) -> u32 {
+        let (high, low) = halves(self);
+        (mix(mix(high ^ salt(seed)) ^ low) as u32) & masks.slots
+    }
+}
+
+#[inline(always)]
+fn halves(addr: &[u32; 4]) -> (u64, u64) {
+    (
+        (u64::from(addr[1]) << 32) | u64::from(addr[0]),
+        (u64::from(addr[3]) << 32) | u64::from(addr[2]),
+    )
 }

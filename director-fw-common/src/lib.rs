@@ -13,7 +13,7 @@ pub mod verdict;
 
 pub use config::Config;
 pub use flow::{FlowKey, FlowState, FragKey, FragState};
-pub use hosts::{HostV4, HostV6, TableMasks};
+pub use hosts::{HostAddr, HostV4, HostV6, TableMasks};
 pub use rules::{port_slot, RuleKey, PORT_SLOTS};
 pub use verdict::{Counter, DropReason, PassKind, Verdict};
 

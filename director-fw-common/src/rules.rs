@@ -11,7 +11,7 @@ use crate::proto;
 pub const PORT_SLOTS: u32 = 2 * 2 * 65_536;
 
 /// Index into the `PORTS` array. Only TCP and UDP have ports; any other protocol maps to
-/// UDP's slots, so callers check the protocol first.
+/// TCP's slots, so callers check the protocol first.
 #[inline(always)]
 pub fn port_slot(generation: u32, protocol: u8, port: u16) -> u32 {
     let udp = u32::from(protocol == proto::UDP);

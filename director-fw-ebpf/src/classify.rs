@@ -6,7 +6,7 @@
 use aya_ebpf::maps::lpm_trie::Key;
 use director_fw_common::{
     config::{FLAG_NETS_V4, FLAG_NETS_V6},
-    hosts, port_slot, Config, RuleKey,
+    port_slot, Config, HostAddr, RuleKey,
 };
 
 use crate::maps::{
@@ -16,18 +16,16 @@ use crate::maps::{
 /// Role bits of a host address in the IPv4 host table, if it is there.
 #[inline(always)]
 fn host_v4(cfg: &Config, addr: u32) -> Option<u32> {
-    let key = hosts::key_v4(addr);
-    let seed = HOST_SEEDS_V4.get(hosts::bucket(key, &cfg.hosts_v4))?;
-    let host = HOSTS_V4.get(hosts::slot(key, *seed, &cfg.hosts_v4))?;
+    let seed = HOST_SEEDS_V4.get(addr.bucket(&cfg.hosts_v4))?;
+    let host = HOSTS_V4.get(addr.slot(*seed, &cfg.hosts_v4))?;
     (host.addr == addr && host.roles != 0).then_some(host.roles)
 }
 
 /// The same for IPv6.
 #[inline(always)]
 fn host_v6(cfg: &Config, addr: &[u32; 4]) -> Option<u32> {
-    let key = hosts::key_v6(addr);
-    let seed = HOST_SEEDS_V6.get(hosts::bucket(key, &cfg.hosts_v6))?;
-    let host = HOSTS_V6.get(hosts::slot(key, *seed, &cfg.hosts_v6))?;
+    let seed = HOST_SEEDS_V6.get(addr.bucket(&cfg.hosts_v6))?;
+    let host = HOSTS_V6.get(addr.slot(*seed, &cfg.hosts_v6))?;
     (host.addr == *addr && host.roles != 0).then_some(host.roles)
 }
 

@@ -1,5 +1,5 @@
 //! Compiles a policy into the entries of the kernel's maps. Each address gets the role bits
-//! of every peer entry that covers it, so one lookup (a host hash, or the LPM trie for
+//! of every peer entry that covers it, so one lookup (the host table, or the LPM trie for
 //! prefixes) answers "which roles"; rules become exact-match keys over the role combinations
 //! that actually occur, so the kernel never loops over rules or peers.
 
@@ -10,7 +10,7 @@ use director_fw_common::{
         FLAG_AUDIT, FLAG_ICMP_ECHO_DENY, FLAG_NETS_V4, FLAG_NETS_V6, FLAG_UNPROTECTED_DROP,
         FRAGMENT_TIMEOUT_SECS, ICMP_TIMEOUT_SECS, NS_PER_SEC, TCP_CLOSING_TIMEOUT_SECS,
     },
-    hosts, port_slot, Config, HostV4, HostV6, RuleKey,
+    port_slot, Config, HostV4, HostV6, RuleKey,
 };
 use ipnet::IpNet;
 
@@ -64,6 +64,8 @@ pub fn words(addr: std::net::IpAddr) -> ([u32; 4], u8) {
     }
 }
 
+/// The options and role masks of a policy. The host tables' sizes are left 0: only
+/// [`compile`], which builds the tables, knows them, so the kernel gets its `Config` from there.
 pub fn config(policy: &Policy) -> Config {
     let options = &policy.options;
     let mut flags = 0;
@@ -153,14 +155,14 @@ pub fn compile(policy: &Policy) -> Result<Compiled, CompileError> {
     let v4: Vec<_> = compiled
         .hosts_v4
         .iter()
-        .map(|&(addr, roles)| (hosts::key_v4(addr), HostV4 { addr, roles }))
+        .map(|&(addr, roles)| (addr, HostV4 { addr, roles }))
         .collect();
     compiled.host_table_v4 = host_table::build(&v4).ok_or(no_table(4, v4.len()))?;
     compiled.config.hosts_v4 = compiled.host_table_v4.masks;
     let v6: Vec<_> = compiled
         .hosts_v6
         .iter()
-        .map(|&(addr, roles)| (hosts::key_v6(&addr), HostV6 { addr, roles }))
+        .map(|&(addr, roles)| (addr, HostV6 { addr, roles }))
         .collect();
     compiled.host_table_v6 = host_table::build(&v6).ok_or(no_table(6, v6.len()))?;
     compiled.config.hosts_v6 = compiled.host_table_v6.masks;

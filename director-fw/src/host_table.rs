@@ -4,7 +4,7 @@
 
 use std::cmp::Reverse;
 
-use director_fw_common::{hosts, TableMasks};
+use director_fw_common::{HostAddr, TableMasks};
 
 /// A built table: the index masks, the seed of each bucket, and the slots.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -19,9 +19,10 @@ const SEED_TRIES: u32 = 1 << 16;
 /// Times the slot count may double before giving up.
 const GROWTHS: u32 = 4;
 
-/// Builds a table of `(key, slot value)`; keys must be distinct. None only if no seed fits
-/// even at 2^GROWTHS times the usual size, which distinct keys do not cause in practice.
-pub fn build<T: Copy + Default>(hosts: &[(u64, T)]) -> Option<HostTable<T>> {
+/// Builds a table of `(address, slot value)`; addresses must be distinct. None only if no
+/// seed fits even at 2^GROWTHS times the usual size, which distinct addresses do not cause in
+/// practice.
+pub fn build<K: HostAddr, T: Copy + Default>(hosts: &[(K, T)]) -> Option<HostTable<T>> {
     // About four hosts per bucket and at most half the slots in use: each bucket then finds
     // a seed within a few tries, even the last ones.
     let buckets = (hosts.len() / 4).max(1).next_power_of_two();
@@ -29,8 +30,8 @@ pub fn build<T: Copy + Default>(hosts: &[(u64, T)]) -> Option<HostTable<T>> {
     (0..=GROWTHS).find_map(|growth| try_build(hosts, buckets, slots << growth))
 }
 
-fn try_build<T: Copy + Default>(
-    hosts: &[(u64, T)],
+fn try_build<K: HostAddr, T: Copy + Default>(
+    hosts: &[(K, T)],
     buckets: usize,
     slots: usize,
 ) -> Option<HostTable<T>> {
@@ -40,7 +41,7 @@ fn try_build<T: Copy + Default>(
     };
     let mut members: Vec<Vec<usize>> = vec![Vec::new(); buckets];
     for (i, (key, _)) in hosts.iter().enumerate() {
-        members[hosts::bucket(*key, &masks) as usize].push(i);
+        members[key.bucket(&masks) as usize].push(i);
     }
     // The fullest buckets first, while most slots are still free.
     let mut order: Vec<usize> = (0..buckets).filter(|&b| !members[b].is_empty()).collect();
@@ -58,7 +59,7 @@ fn try_build<T: Copy + Default>(
         let fits = |seed: u32, chosen: &mut Vec<usize>| {
             chosen.clear();
             keys.iter().all(|&i| {
-                let s = hosts::slot(hosts[i].0, seed, &masks) as usize;
+                let s = hosts[i].0.slot(seed, &masks) as usize;
                 let free = !taken[s] && !chosen.contains(&s);
                 chosen.push(s);
                 free
@@ -79,38 +80,46 @@ mod tests {
     use super::*;
 
     /// What the kernel does: bucket, seed, slot.
-    fn find<T: Copy>(table: &HostTable<T>, key: u64) -> T {
-        let seed = table.seeds[hosts::bucket(key, &table.masks) as usize];
-        table.slots[hosts::slot(key, seed, &table.masks) as usize]
+    fn find<K: HostAddr, T: Copy>(table: &HostTable<T>, addr: &K) -> T {
+        let seed = table.seeds[addr.bucket(&table.masks) as usize];
+        table.slots[addr.slot(seed, &table.masks) as usize]
     }
 
     #[test]
     fn every_host_has_its_own_slot() {
         for n in [0usize, 1, 2, 5, 100, 10_000, 200_000] {
-            let hosts: Vec<(u64, u32)> = (0..n as u32)
-                .map(|i| (hosts::key_v4(0xc612_0000u32.wrapping_add(i * 7)), i + 1))
+            let hosts: Vec<(u32, u32)> = (0..n as u32)
+                .map(|i| (0xc612_0000u32.wrapping_add(i * 7), i + 1))
                 .collect();
             let table = build(&hosts).expect("builds");
             assert!(table.slots.len() <= (n * 4).max(2), "{n} hosts");
-            for &(key, value) in &hosts {
-                assert_eq!(find(&table, key), value, "{n} hosts");
+            for (addr, value) in &hosts {
+                assert_eq!(find(&table, addr), *value, "{n} hosts");
             }
         }
     }
 
+    fn v6(text: &str) -> [u32; 4] {
+        crate::compile::words(text.parse().unwrap()).0
+    }
+
     #[test]
-    fn ipv6_keys_spread_too() {
-        let hosts: Vec<(u64, u32)> = (0..50_000u32)
+    fn ipv6_hosts_get_slots_too() {
+        let mut hosts: Vec<([u32; 4], u32)> = (0..50_000u32)
             .map(|i| {
                 (
-                    hosts::key_v6(&[0xb80d_0120, 0, i.to_be(), 0x1000_0000]),
+                    v6(&format!("2001:db8:1:{:x}::{:x}", i >> 8, i & 0xff)),
                     i + 1,
                 )
             })
             .collect();
+        // These two fold to the same 64 bits, mixing the low half into the high one; the
+        // slot must still tell them apart.
+        hosts.push((v6("2001:db8::1"), 1_000_001));
+        hosts.push((v6("26eb:a7d0:6ea:aadd::2"), 1_000_002));
         let table = build(&hosts).expect("builds");
-        for &(key, value) in &hosts {
-            assert_eq!(find(&table, key), value);
+        for (addr, value) in &hosts {
+            assert_eq!(find(&table, addr), *value);
         }
     }
 }
