@@ -72,6 +72,12 @@ impl Filter {
         }
     }
 
+    /// Whether the filter enforces the policy on the denied traffic: it must then let none
+    /// of it through, or its figures are of a filter that does nothing.
+    pub(crate) fn enforces(self) -> bool {
+        !matches!(self, Filter::None | Filter::XdpLookupFloor)
+    }
+
     /// The floors drop or pass everything, so each means something for one mix only.
     pub(crate) fn applies_to(self, mix: Mix) -> bool {
         match self {
@@ -154,6 +160,14 @@ impl Drop for XdpFilterGuard {
     fn drop(&mut self) {
         if let Err(e) = run_in(&self.ns, "xdp-filter", &["unload", &self.iface], None) {
             eprintln!("lab bench: unloading xdp-filter: {e:#}");
+        }
+        // xdp-filter pins its maps machine-wide, and an interrupted load or a failed unload
+        // leaves them, which would make every later run skip it. They did not exist when
+        // this guard was made, so whatever is there is this bench's.
+        if let Err(e) = fs::remove_dir_all(XDP_FILTER_PINS) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                eprintln!("lab bench: removing {XDP_FILTER_PINS}: {e}");
+            }
         }
         if self.remove_libxdp_dir {
             // Fails harmlessly when someone else put something there meanwhile.
@@ -457,6 +471,11 @@ impl Filters {
                 Installed::Iptables(guard)
             }
             Filter::XdpFilterAll | Filter::XdpFilterTcp => {
+                // Checked again here: the guard removes the pins, which must then be ours.
+                ensure!(
+                    !Path::new(XDP_FILTER_PINS).exists(),
+                    "{XDP_FILTER_PINS} exists: another xdp-filter is loaded on this machine"
+                );
                 let guard = XdpFilterGuard {
                     ns: gw.clone(),
                     iface: iface.clone(),

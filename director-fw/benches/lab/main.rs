@@ -287,6 +287,15 @@ fn main() -> Result<()> {
                     }
                     let sample = measure(&mut traffic, bed, mix, cpu, warmup, window)
                         .with_context(|| format!("measuring {} / {}", filter.name(), mix.name()))?;
+                    ensure!(
+                        !filter.enforces() || sample.fwd_denied <= sample.received * 1e-3,
+                        "{} let denied traffic through ({:.0} pps of {:.0} received, mix {}): \
+                         its figures would be those of a filter that does nothing",
+                        filter.name(),
+                        sample.fwd_denied,
+                        sample.received,
+                        mix.name()
+                    );
                     eprintln!(
                         "lab bench: round {} {:<16} {:<5} handled {:>6} Mpps, dropped {:>6}, forwarded {:>6} (made {:>6})",
                         round + 1,
