@@ -1,5 +1,7 @@
 //! Namespaces, commands and interfaces: what the bench does inside the lab's namespaces.
 
+use std::{os::unix::process::CommandExt, process::Output};
+
 use super::*;
 
 /// Moves the calling thread (only) into network namespace `ns`, and checks it arrived.
@@ -32,6 +34,39 @@ pub(crate) fn with_netns<T: Send>(ns: &str, f: impl FnOnce() -> Result<T> + Send
     })
 }
 
+/// How long a helper command (ip, nft, iptables, xdp-filter) may take.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Starts `cmd` in a process group of its own, so that a Ctrl-C at the terminal reaches only
+/// the bench, which then cleans up with further commands that must not die too; waits at
+/// most [`COMMAND_TIMEOUT`] for it, feeding `input`, and returns its output.
+fn run_bounded(cmd: &mut Command, line: &str, input: Option<&str>) -> Result<Output> {
+    cmd.process_group(0)
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().with_context(|| format!("running `{line}`"))?;
+    if let Some(text) = input {
+        let mut stdin = child.stdin.take().context("no stdin")?;
+        stdin.write_all(text.as_bytes())?;
+    }
+    let deadline = Instant::now() + COMMAND_TIMEOUT;
+    while child.try_wait()?.is_none() {
+        if Instant::now() >= deadline {
+            // Our own child, by its handle.
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("`{line}` took longer than {COMMAND_TIMEOUT:?}; stopped it");
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+    Ok(child.wait_with_output()?)
+}
+
 /// Runs `program args` inside `ns` (nsenter, network namespace only), feeding `input` on
 /// stdin; returns stdout. Failures carry the command and its stderr.
 pub(crate) fn run_in(
@@ -42,22 +77,8 @@ pub(crate) fn run_in(
 ) -> Result<String> {
     let line = format!("{program} {}", args.join(" "));
     let mut cmd = netns_command(ns, Path::new(program))?;
-    cmd.args(args)
-        .stdin(if input.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("running `{line}` in {ns}"))?;
-    if let Some(text) = input {
-        let mut stdin = child.stdin.take().context("no stdin")?;
-        stdin.write_all(text.as_bytes())?;
-    }
-    let out = child.wait_with_output()?;
+    cmd.args(args);
+    let out = run_bounded(&mut cmd, &line, input).with_context(|| format!("in {ns}"))?;
     if !out.status.success() {
         bail!(
             "`{line}` in {ns} failed ({}): {}",
@@ -71,11 +92,11 @@ pub(crate) fn run_in(
 pub(crate) fn ip_in(ns: &str, args: &[&str]) -> Result<String> {
     let mut full = vec!["-n", ns];
     full.extend_from_slice(args);
-    let out = Command::new("ip")
-        .args(&full)
-        .stdin(Stdio::null())
-        .output()
-        .context("running ip")?;
+    let out = run_bounded(
+        Command::new("ip").args(&full),
+        &format!("ip {}", full.join(" ")),
+        None,
+    )?;
     ensure!(
         out.status.success(),
         "`ip {}` failed: {}",
