@@ -2,8 +2,10 @@
 
 mod common;
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
 use common::{addr, frames::*, lab_policy, root_or_skip, Kernel};
-use director_fw::policy::Source;
+use director_fw::{policy::Source, Policy};
 use director_fw_common::{
     config::{FLAG_AUDIT, FLAG_ICMP_ECHO_DENY},
     DropReason, PassKind, Verdict,
@@ -502,5 +504,91 @@ fn tc_program_judges_like_xdp() {
         let xdp = k.judge(frame);
         k.datapath.clear_flows().unwrap();
         assert_eq!(k.judge_tc(frame), xdp);
+    }
+}
+
+#[test]
+fn every_host_of_a_large_policy_is_found_and_no_other_address() {
+    if !root_or_skip("every_host_of_a_large_policy_is_found_and_no_other_address") {
+        return;
+    }
+    // Enough hosts that the host tables have thousands of buckets and seeds, in both
+    // families and in a protected and an unprotected role.
+    const HOSTS: u32 = 4_000;
+    let v4 = |base: [u8; 4], i: u32| IpAddr::V4(Ipv4Addr::from(u32::from_be_bytes(base) + i));
+    let v6 = |group: u16, i: u32| {
+        IpAddr::V6(Ipv6Addr::new(
+            0x2001,
+            0xdb8,
+            group,
+            0,
+            0,
+            0,
+            (i >> 16) as u16,
+            i as u16,
+        ))
+    };
+    let directors: Vec<IpAddr> = (0..HOSTS)
+        .flat_map(|i| [v4([198, 18, 128, 0], i), v6(0x100, i)])
+        .collect();
+    let clients: Vec<IpAddr> = (0..HOSTS)
+        .flat_map(|i| [v4([198, 18, 160, 0], i), v6(0x200, i)])
+        .collect();
+    let list = |hosts: &[IpAddr]| {
+        hosts
+            .iter()
+            .map(|h| format!("\"{h}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let text = format!(
+        "profile = \"lync2013-single-director\"\n[peers]\ndirector = [{}]\ninternal-clients = [{}]\n",
+        list(&directors),
+        list(&clients)
+    );
+    let policy = Policy::from_toml("large.toml", &text).expect("valid");
+    let mut k = Kernel::load(policy);
+    let https = k.rule("clients-director-https");
+    let outsider = |v6: bool| -> IpAddr {
+        if v6 {
+            "2001:db8:ffff::1".parse().unwrap()
+        } else {
+            "198.19.250.1".parse().unwrap()
+        }
+    };
+    let tcp_syn =
+        |src: IpAddr, dst: IpAddr, dport: u16| Frame::tcp(src, 40000, dst, dport, TCP_SYN).bytes();
+    for &d in &directors {
+        // Protected: a closed port is dropped, where an unknown address would pass.
+        assert_eq!(
+            k.judge(&tcp_syn(outsider(d.is_ipv6()), d, 22)),
+            NO_RULE,
+            "{d}"
+        );
+    }
+    for &c in &clients {
+        // A client's SYN to a Director's HTTPS passes by its rule, which needs its role.
+        let director = if c.is_ipv6() {
+            directors[1]
+        } else {
+            directors[0]
+        };
+        assert_eq!(k.judge(&tcp_syn(c, director, 443)), https, "{c}");
+    }
+    // Addresses next to the hosts, in no role: unprotected, and no rule for them as sources.
+    for i in 0..500 {
+        for other in [v4([198, 18, 192, 0], i), v6(0x300, i), v6(0x100, HOSTS + i)] {
+            assert_eq!(
+                k.judge(&tcp_syn(outsider(other.is_ipv6()), other, 22)),
+                UNPROTECTED,
+                "{other}"
+            );
+            let director = if other.is_ipv6() {
+                directors[1]
+            } else {
+                directors[0]
+            };
+            assert_eq!(k.judge(&tcp_syn(other, director, 443)), NO_RULE, "{other}");
+        }
     }
 }
