@@ -8,7 +8,7 @@ use std::{
     process::Command,
 };
 
-include!("stable-only-env.rs");
+include!("nightly-build.rs");
 
 fn main() {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
@@ -16,7 +16,7 @@ fn main() {
     let ebpf = root.join("director-fw-ebpf");
     let linker_dir = root.join(".tools/bpf-linker/bin");
     for watched in [
-        "director-fw/stable-only-env.rs",
+        "director-fw/nightly-build.rs",
         "director-fw-ebpf/src",
         "director-fw-ebpf/Cargo.toml",
         "director-fw-common/src",
@@ -37,22 +37,8 @@ fn main() {
         linker_dir.display(),
         env::var("PATH").unwrap_or_default()
     );
-    let mut cargo = Command::new("rustup");
-    cargo
-        .args([
-            "run",
-            "nightly",
-            "cargo",
-            "build",
-            "--release",
-            "--target-dir",
-        ])
-        .arg(&target_dir)
-        .current_dir(&ebpf)
-        .env("PATH", path);
-    for var in STABLE_ONLY_ENV {
-        cargo.env_remove(var);
-    }
+    let mut cargo = nightly_ebpf_build(&ebpf, &target_dir);
+    cargo.env("PATH", path);
     match cargo.status() {
         Ok(status) if status.success() => {}
         Ok(status) => fail(&format!(

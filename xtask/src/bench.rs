@@ -19,7 +19,7 @@ const FLOORS_CRATE: &str = "bench-floors-ebpf";
 /// Its binary (the eBPF object) name.
 const FLOORS_BIN: &str = "bench-floors";
 
-include!("../../director-fw/stable-only-env.rs");
+include!("../../director-fw/nightly-build.rs");
 
 /// The benches, in the order a full run takes them.
 const BENCHES: [&str; 3] = ["kernel", "control", "lab"];
@@ -50,20 +50,7 @@ pub fn run(args: &[String]) -> Result<()> {
 /// source tree) and returns its path.
 fn build_floors(workspace: &Path, target: &Path) -> Result<PathBuf> {
     let target_dir = target.join(FLOORS_CRATE);
-    let mut cmd = Command::new("rustup");
-    cmd.args([
-        "run",
-        "nightly",
-        "cargo",
-        "build",
-        "--release",
-        "--target-dir",
-    ])
-    .arg(&target_dir)
-    .current_dir(workspace.join(FLOORS_CRATE));
-    for var in STABLE_ONLY_ENV {
-        cmd.env_remove(var);
-    }
+    let mut cmd = nightly_ebpf_build(&workspace.join(FLOORS_CRATE), &target_dir);
     eprintln!("xtask: ==> {}", process::describe(&cmd));
     process::run(&mut cmd).context("building the bench floor programs failed")?;
     let object = target_dir
