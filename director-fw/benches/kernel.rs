@@ -537,7 +537,7 @@ impl Block {
         let compiled = compile(&policy)?;
         let compile_time = started.elapsed();
         ensure!(
-            compiled.hosts_v4.len() == peers && compiled.nets_v4.is_empty(),
+            compiled.hosts_v4.hosts == peers && compiled.nets_v4.is_empty(),
             "expected {peers} IPv4 hosts and no prefixes"
         );
         let before = map_fds();

@@ -26,11 +26,9 @@ pub const MAX_RULE_ENTRIES: usize = 4 << 20;
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Compiled {
     pub config: Config,
-    /// (host address, roles), and the same as the kernel's host table.
-    pub hosts_v4: Vec<(u32, u32)>,
-    pub host_table_v4: HostTable<HostV4>,
-    pub hosts_v6: Vec<([u32; 4], u32)>,
-    pub host_table_v6: HostTable<HostV6>,
+    /// Host addresses and their roles, as the kernel's host tables.
+    pub hosts_v4: HostTable<HostV4>,
+    pub hosts_v6: HostTable<HostV6>,
     /// (prefix length, network, roles)
     pub nets_v4: Vec<(u32, u32, u32)>,
     pub nets_v6: Vec<(u32, [u32; 4], u32)>,
@@ -137,13 +135,20 @@ pub fn compile(policy: &Policy) -> Result<Compiled, CompileError> {
         ..Compiled::default()
     };
     let roles = address_roles(policy);
+    let (mut v4, mut v6) = (Vec::new(), Vec::new());
     for (net, &mask) in &roles {
         let (addr, family) = words(net.addr());
         let len = u32::from(net.prefix_len());
         match (family, len) {
-            (4, 32) => compiled.hosts_v4.push((addr[0], mask)),
+            (4, 32) => v4.push((
+                addr[0],
+                HostV4 {
+                    addr: addr[0],
+                    roles: mask,
+                },
+            )),
             (4, _) => compiled.nets_v4.push((len, addr[0], mask)),
-            (_, 128) => compiled.hosts_v6.push((addr, mask)),
+            (_, 128) => v6.push((addr, HostV6 { addr, roles: mask })),
             _ => compiled.nets_v6.push((len, addr, mask)),
         }
     }
@@ -152,20 +157,10 @@ pub fn compile(policy: &Policy) -> Result<Compiled, CompileError> {
         family,
         hosts,
     };
-    let v4: Vec<_> = compiled
-        .hosts_v4
-        .iter()
-        .map(|&(addr, roles)| (addr, HostV4 { addr, roles }))
-        .collect();
-    compiled.host_table_v4 = host_table::build(&v4).ok_or(no_table(4, v4.len()))?;
-    compiled.config.hosts_v4 = compiled.host_table_v4.masks;
-    let v6: Vec<_> = compiled
-        .hosts_v6
-        .iter()
-        .map(|&(addr, roles)| (addr, HostV6 { addr, roles }))
-        .collect();
-    compiled.host_table_v6 = host_table::build(&v6).ok_or(no_table(6, v6.len()))?;
-    compiled.config.hosts_v6 = compiled.host_table_v6.masks;
+    compiled.hosts_v4 = host_table::build(&v4).ok_or(no_table(4, v4.len()))?;
+    compiled.config.hosts_v4 = compiled.hosts_v4.masks;
+    compiled.hosts_v6 = host_table::build(&v6).ok_or(no_table(6, v6.len()))?;
+    compiled.config.hosts_v6 = compiled.hosts_v6.masks;
     if !compiled.nets_v4.is_empty() {
         compiled.config.flags |= FLAG_NETS_V4;
     }
@@ -251,8 +246,8 @@ edge-internal = ["198.18.4.10"]
     #[test]
     fn hosts_and_prefixes_go_to_their_maps() {
         let c = compile(&lab_policy()).unwrap();
-        assert_eq!(c.hosts_v4.len(), 3);
-        assert_eq!(c.hosts_v6.len(), 1);
+        assert_eq!(c.hosts_v4.hosts, 3);
+        assert_eq!(c.hosts_v6.hosts, 1);
         assert_eq!(c.nets_v4.len(), 2);
         assert!(c.config.flags & FLAG_NETS_V4 != 0);
         assert!(c.config.flags & FLAG_NETS_V6 == 0);
@@ -301,8 +296,8 @@ edge-internal = ["198.18.4.10"]
         )
         .unwrap();
         let c = compile(&policy).unwrap();
-        let (_, roles) = c.hosts_v4[0];
-        assert_eq!(roles, bit(1) | bit(3));
+        let host = c.hosts_v4.slots.iter().find(|h| h.roles != 0).unwrap();
+        assert_eq!(host.roles, bit(1) | bit(3));
     }
 
     #[test]

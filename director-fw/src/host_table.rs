@@ -6,9 +6,10 @@ use std::cmp::Reverse;
 
 use director_fw_common::{HostAddr, TableMasks};
 
-/// A built table: the index masks, the seed of each bucket, and the slots.
+/// A built table: how many hosts, the index masks, the seed of each bucket, and the slots.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct HostTable<T> {
+    pub hosts: usize,
     pub masks: TableMasks,
     pub seeds: Vec<u32>,
     pub slots: Vec<T>,
@@ -49,6 +50,7 @@ fn try_build<K: HostAddr, T: Copy + Default>(
 
     let mut taken = vec![false; slots];
     let mut table = HostTable {
+        hosts: hosts.len(),
         masks,
         seeds: vec![0; buckets],
         slots: vec![T::default(); slots],

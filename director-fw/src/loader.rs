@@ -117,7 +117,7 @@ impl Datapath {
     fn open(policy: &Policy, compiled: &Compiled, trace: bool) -> Result<Datapath, LoadError> {
         let trace = u8::from(trace);
         let rule_entries = compiled.rules.len();
-        let (t4, t6) = (&compiled.host_table_v4, &compiled.host_table_v6);
+        let (t4, t6) = (&compiled.hosts_v4, &compiled.hosts_v6);
         // The tables' sizes are powers of two up to 2^25 or so, well within u32.
         let len = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
         let ebpf = EbpfLoader::new()
@@ -148,8 +148,8 @@ impl Datapath {
     /// Writes every entry first and the configuration last: until `CONFIG` names the
     /// protected roles, the new entries protect nothing, so no packet sees half a policy.
     pub fn write_policy(&mut self, compiled: &Compiled) -> Result<(), LoadError> {
-        self.write_host_table(maps::HOST_SEEDS_V4, maps::HOSTS_V4, &compiled.host_table_v4)?;
-        self.write_host_table(maps::HOST_SEEDS_V6, maps::HOSTS_V6, &compiled.host_table_v6)?;
+        self.write_host_table(maps::HOST_SEEDS_V4, maps::HOSTS_V4, &compiled.hosts_v4)?;
+        self.write_host_table(maps::HOST_SEEDS_V6, maps::HOSTS_V6, &compiled.hosts_v6)?;
         let mut nets: LpmTrie<_, u32, u32> = LpmTrie::try_from(self.map_mut(maps::NETS_V4)?)?;
         for &(len, addr, roles) in &compiled.nets_v4 {
             nets.insert(&Key::new(len, addr), roles, 0)?;

@@ -31,7 +31,7 @@ pub fn run(instance: &Instance, command: Command) -> Result<()> {
                 policy.rules.len(),
                 policy.roles.len(),
                 policy.peers.len(),
-                compiled.hosts_v4.len() + compiled.hosts_v6.len(),
+                compiled.hosts_v4.hosts + compiled.hosts_v6.hosts,
                 compiled.nets_v4.len() + compiled.nets_v6.len(),
                 compiled.rules.len()
             );
