@@ -2,8 +2,11 @@
 
 use crate::TableMasks;
 
-/// Options and role masks. An all-zero `Config` protects nothing, so a freshly loaded program
-/// passes everything until a policy is written.
+/// Options and role masks of one policy generation. `CONFIG` holds one per generation and
+/// `ACTIVE` says which one the kernel uses: the agent writes a whole generation, then flips
+/// `ACTIVE` with one word, so a packet sees one policy or the other, never a mix. An all-zero
+/// `Config` protects nothing, so a freshly loaded program passes everything until a policy
+/// is installed.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Config {
@@ -13,7 +16,7 @@ pub struct Config {
     pub from_roles: u32,
     /// `FLAG_*` bits.
     pub flags: u32,
-    /// Generation of the rule maps in use; rule keys carry it.
+    /// This entry's index in `CONFIG`: rule keys, prefix keys and the `PORTS` index carry it.
     pub generation: u32,
     /// Sizes of the host tables (`HOSTS_V4`, `HOSTS_V6` and their seeds).
     pub hosts_v4: TableMasks,
@@ -24,7 +27,7 @@ pub struct Config {
     pub icmp_timeout_ns: u64,
     pub fragment_timeout_ns: u64,
 }
-const _: () = assert!(core::mem::size_of::<Config>() == 72);
+const _: () = assert!(core::mem::size_of::<Config>() == 88);
 
 /// Drop packets to unprotected addresses instead of passing them.
 pub const FLAG_UNPROTECTED_DROP: u32 = 1 << 0;
@@ -36,6 +39,9 @@ pub const FLAG_AUDIT: u32 = 1 << 2;
 pub const FLAG_NETS_V4: u32 = 1 << 3;
 /// `NETS_V6` has entries: look there when an address is not in `HOSTS_V6`.
 pub const FLAG_NETS_V6: u32 = 1 << 4;
+
+/// Policy generations: the one the kernel reads, and the one the agent writes next.
+pub const GENERATIONS: u32 = 2;
 
 pub const NS_PER_SEC: u64 = 1_000_000_000;
 /// A flow whose TCP connection was reset or closed in both directions lingers this long, so

@@ -25,13 +25,19 @@ pub struct HostV6 {
 }
 const _: () = assert!(core::mem::size_of::<HostV6>() == 20);
 
-/// Sizes of a host table, as index masks: buckets and slots are powers of two.
+/// Where one generation's host table lies in its maps, and its sizes as index masks: buckets
+/// and slots are powers of two. Each generation has a half of `HOST_SEEDS_*` and `HOSTS_*`
+/// of its own, starting at the bases, so the agent can build the next table while the kernel
+/// reads the current one.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TableMasks {
     pub buckets: u32,
     pub slots: u32,
+    pub seed_base: u32,
+    pub slot_base: u32,
 }
+const _: () = assert!(core::mem::size_of::<TableMasks>() == 16);
 
 /// A 64-bit mixer (xor-shift, multiply, xor-shift): every input bit reaches the low bits that
 /// index the tables.

@@ -1,9 +1,13 @@
 //! Map names, as the loader finds them in the object and as they are pinned under
 //! `/sys/fs/bpf/director-fw/INSTANCE/maps/`. Kernel names are limited to 15 characters.
 
-/// `Array<Config>`, one entry: the active options and role masks.
+/// `Array<u32>`, one entry: the policy generation in force, an index into [`CONFIG`].
+pub const ACTIVE: &str = "ACTIVE";
+/// `Array<Config>`, one entry per generation: options, role masks and table layout.
 pub const CONFIG: &str = "CONFIG";
-/// `Array<u32>`: the seed of each bucket of the IPv4 host table (see [`crate::hosts`]).
+/// `Array<u32>`: the seed of each bucket of the IPv4 host table (see [`crate::hosts`]), one
+/// half per generation. Memory-mappable, like every host table and `PORTS`, so the agent
+/// writes a generation's half with a copy instead of a syscall per entry.
 pub const HOST_SEEDS_V4: &str = "HOST_SEEDS_V4";
 /// `Array<HostV4>`: the slots of the IPv4 host table: address and role bits.
 pub const HOSTS_V4: &str = "HOSTS_V4";
@@ -11,14 +15,16 @@ pub const HOSTS_V4: &str = "HOSTS_V4";
 pub const HOST_SEEDS_V6: &str = "HOST_SEEDS_V6";
 /// `Array<HostV6>`: the slots of the IPv6 host table.
 pub const HOSTS_V6: &str = "HOSTS_V6";
-/// `LpmTrie<u32, u32>`: IPv4 prefix -> role bits of the prefix and every prefix covering it.
+/// `LpmTrie<[u32; 2], u32>`: (generation, IPv4 prefix) -> role bits of the prefix and every
+/// prefix covering it. The generation word is always matched whole (prefix length 32 + n).
 pub const NETS_V4: &str = "NETS_V4";
-/// `LpmTrie<[u32; 4], u32>`: the same for IPv6.
+/// `LpmTrie<[u32; 5], u32>`: the same for IPv6.
 pub const NETS_V6: &str = "NETS_V6";
 /// `Array<u32>`, [`crate::PORT_SLOTS`] entries indexed by [`crate::port_slot`]: the role bits
 /// of the destinations that any rule opens this protocol and port on.
 pub const PORTS: &str = "PORTS";
-/// `HashMap<RuleKey, u32>`: which rule passes this source/destination/port combination.
+/// `HashMap<RuleKey, u32>`: the counter slot of the rule that passes this
+/// source/destination/port combination.
 pub const RULES: &str = "RULES";
 /// `LruHashMap<FlowKey, FlowState>`: tracked flows, one entry for both directions.
 pub const FLOWS: &str = "FLOWS";
@@ -31,7 +37,8 @@ pub const COUNTERS: &str = "COUNTERS";
 pub const LAST_VERDICT: &str = "LAST_VERDICT";
 
 /// Every map, in the order the loader pins them.
-pub const ALL: [&str; 13] = [
+pub const ALL: [&str; 14] = [
+    ACTIVE,
     CONFIG,
     HOST_SEEDS_V4,
     HOSTS_V4,
@@ -46,6 +53,10 @@ pub const ALL: [&str; 13] = [
     COUNTERS,
     LAST_VERDICT,
 ];
+
+/// Maps that hold what the datapath has learnt rather than what the policy says: they are
+/// kept when a new program or a resized policy takes over (adoption, upgrade, reload).
+pub const STATE: [&str; 3] = [FLOWS, FRAGS, COUNTERS];
 
 /// Name of the `.rodata` global that turns on [`LAST_VERDICT`].
 pub const TRACE_GLOBAL: &str = "TRACE";

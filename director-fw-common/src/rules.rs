@@ -18,7 +18,8 @@ pub fn port_slot(generation: u32, protocol: u8, port: u16) -> u32 {
     ((generation & 1) << 17) | (udp << 16) | u32::from(port)
 }
 
-/// Key of the `RULES` map. Value: the index of the first rule, in policy order, that matches.
+/// Key of the `RULES` map. Value: the counter slot of the first rule, in policy order, that
+/// matches (a rule keeps its slot across reloads, see `Verdict::Rule`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RuleKey {

@@ -92,7 +92,9 @@ pub const COUNTER_SLOTS: u32 = RULE_BASE + MAX_RULES;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Verdict {
     Pass(PassKind),
-    /// Passed by the rule with this index.
+    /// Passed by the rule with this counter slot. The agent gives each rule id a slot of its
+    /// own and keeps it across reloads and restarts; a fresh policy numbers its rules
+    /// 0, 1, ... in order.
     Rule(u32),
     Drop(DropReason),
     /// Would have been dropped; passed because of audit mode.

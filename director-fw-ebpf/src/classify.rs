@@ -16,16 +16,18 @@ use crate::maps::{
 /// Role bits of a host address in the IPv4 host table, if it is there.
 #[inline(always)]
 fn host_v4(cfg: &Config, addr: u32) -> Option<u32> {
-    let seed = HOST_SEEDS_V4.get(addr.bucket(&cfg.hosts_v4))?;
-    let host = HOSTS_V4.get(addr.slot(*seed, &cfg.hosts_v4))?;
+    let t = &cfg.hosts_v4;
+    let seed = HOST_SEEDS_V4.get(t.seed_base + addr.bucket(t))?;
+    let host = HOSTS_V4.get(t.slot_base + addr.slot(*seed, t))?;
     (host.addr == addr && host.roles != 0).then_some(host.roles)
 }
 
 /// The same for IPv6.
 #[inline(always)]
 fn host_v6(cfg: &Config, addr: &[u32; 4]) -> Option<u32> {
-    let seed = HOST_SEEDS_V6.get(addr.bucket(&cfg.hosts_v6))?;
-    let host = HOSTS_V6.get(addr.slot(*seed, &cfg.hosts_v6))?;
+    let t = &cfg.hosts_v6;
+    let seed = HOST_SEEDS_V6.get(t.seed_base + addr.bucket(t))?;
+    let host = HOSTS_V6.get(t.slot_base + addr.slot(*seed, t))?;
     (host.addr == *addr && host.roles != 0).then_some(host.roles)
 }
 
@@ -37,7 +39,8 @@ pub fn roles(cfg: &Config, family: u8, addr: &[u32; 4]) -> u32 {
             return roles;
         }
         if cfg.flags & FLAG_NETS_V4 != 0 {
-            if let Some(roles) = NETS_V4.get(Key::new(32, addr[0])) {
+            let key = Key::new(64, [cfg.generation, addr[0]]);
+            if let Some(roles) = NETS_V4.get(key) {
                 return *roles;
             }
         }
@@ -46,7 +49,8 @@ pub fn roles(cfg: &Config, family: u8, addr: &[u32; 4]) -> u32 {
             return roles;
         }
         if cfg.flags & FLAG_NETS_V6 != 0 {
-            if let Some(roles) = NETS_V6.get(Key::new(128, *addr)) {
+            let key = Key::new(160, [cfg.generation, addr[0], addr[1], addr[2], addr[3]]);
+            if let Some(roles) = NETS_V6.get(key) {
                 return *roles;
             }
         }
@@ -65,7 +69,7 @@ pub fn port_open(cfg: &Config, dst_roles: u32, proto: u8, port: u16) -> bool {
     }
 }
 
-/// Index of the first rule that passes this source to this destination and port.
+/// Counter slot of the first rule that passes this source to this destination and port.
 #[inline(always)]
 pub fn rule(cfg: &Config, dst_roles: u32, src_roles: u32, proto: u8, port: u16) -> Option<u32> {
     let key = RuleKey {

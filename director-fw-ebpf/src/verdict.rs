@@ -10,14 +10,16 @@ use director_fw_common::{
 
 use crate::{
     classify, conntrack,
-    maps::CONFIG,
+    maps::{ACTIVE, CONFIG},
     parse::{self, Fragment, Frame, Packet, Parsed},
 };
 
-/// Judges one frame and counts the verdict.
+/// Judges one frame and counts the verdict. `ACTIVE` is read once, and everything after it
+/// reads that generation only: a policy change is one word, so no packet sees half of it.
 #[inline(always)]
 pub fn judge(frame: &Frame) -> bool {
-    let verdict = match CONFIG.get(0) {
+    let generation = ACTIVE.get(0).copied().unwrap_or(0);
+    let verdict = match CONFIG.get(generation) {
         Some(cfg) => judge_with(frame, cfg),
         // The array always has its entry; pass rather than cut a gateway off if it had not.
         None => Verdict::Pass(PassKind::Unprotected),

@@ -18,7 +18,7 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context, Result};
-use director_fw::{compile, AttachMode, Datapath, Policy};
+use director_fw::{compile, datapath::Programs, Datapath, Policy};
 use serde_json::{json, Value};
 
 const SIZES: [u32; 4] = [10, 10_000, 100_000, 1_000_000];
@@ -86,7 +86,12 @@ fn measure(peers: u32) -> Result<()> {
             build.push(t.elapsed());
             let t = Instant::now();
             // What `director-fw run` does in its default (XDP) mode.
-            let datapath = Datapath::load_for(&policy, &compiled, AttachMode::Xdp)?;
+            let datapath = Datapath::with_policy(
+                &compiled,
+                policy.options.flow_table_size,
+                Programs::Xdp,
+                false,
+            )?;
             load.push(t.elapsed());
             // Measured while the agent's state is held: policy, compiled entries, datapath.
             maps_bytes = map_memory();

@@ -70,7 +70,7 @@ use aya::{
     programs::{TestRun, TestRunOptions, Xdp},
     Ebpf, EbpfLoader,
 };
-use director_fw::{compile, policy::Peer, AttachMode, Datapath, Policy};
+use director_fw::{compile, datapath::Programs, policy::Peer, Datapath, Policy};
 use director_fw_common::{DropReason, PassKind, Verdict};
 use director_fw_lab::{segment_v4, Role, V4_HOST_ID};
 use frames::{Frame, TCP_ACK, TCP_SYN};
@@ -543,7 +543,12 @@ impl Block {
         let before = map_fds();
         let started = Instant::now();
         // As the agent loads it for XDP: maps, policy, and only the XDP program verified.
-        let mut datapath = Datapath::load_for(&policy, &compiled, AttachMode::Xdp)?;
+        let mut datapath = Datapath::with_policy(
+            &compiled,
+            policy.options.flow_table_size,
+            Programs::Xdp,
+            false,
+        )?;
         let load_time = started.elapsed();
         let map_memory = map_fds()
             .into_iter()
@@ -556,11 +561,7 @@ impl Block {
                 (name, memlock)
             })
             .collect();
-        let instructions = datapath
-            .xdp_mut()
-            .ok()
-            .and_then(|p| p.info().ok())
-            .and_then(|info| info.verified_instruction_count());
+        let instructions = datapath.xdp_verified_instructions();
         check_paths(&mut datapath, &policy)?;
         let ports = NEW_FLOW_SPORT..NEW_FLOW_SPORT + new_flow_frames;
         let clients = hosts_of(Role::InternalClients, peers, SPREAD_HOSTS);
@@ -702,9 +703,9 @@ fn check_paths(datapath: &mut Datapath, policy: &Policy) -> Result<()> {
             PathId::NewFlow => new_flow_syn(FLOW_SPORT),
             _ => path.frame(),
         };
-        let before = datapath.counter(verdict.slot())?.packets;
+        let before = datapath.state.counters.get(verdict.slot())?.packets;
         let (action, _) = datapath.test_run_xdp(&frame, 1)?;
-        let after = datapath.counter(verdict.slot())?.packets;
+        let after = datapath.state.counters.get(verdict.slot())?.packets;
         let expected = if verdict.passes() { XDP_PASS } else { XDP_DROP };
         ensure!(
             action == expected && after == before + 1,

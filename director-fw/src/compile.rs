@@ -128,7 +128,16 @@ fn address_roles(policy: &Policy) -> BTreeMap<IpNet, u32> {
         .collect()
 }
 
+/// Compiles `policy` with its rules counted in slots 0, 1, ... in policy order.
 pub fn compile(policy: &Policy) -> Result<Compiled, CompileError> {
+    let in_order: Vec<u32> = (0..policy.rules.len() as u32).collect();
+    compile_with_slots(policy, &in_order)
+}
+
+/// Compiles `policy` with rule `i` counted in counter slot `slots[i]`, so that a rule keeps
+/// its counters when others come and go (the agent keeps the slots of rule ids).
+pub fn compile_with_slots(policy: &Policy, slots: &[u32]) -> Result<Compiled, CompileError> {
+    assert_eq!(slots.len(), policy.rules.len(), "one counter slot per rule");
     let config = config(policy);
     let mut compiled = Compiled {
         config,
@@ -214,7 +223,7 @@ pub fn compile(policy: &Policy) -> Result<Compiled, CompileError> {
                         generation: 0,
                     };
                     // Policy order: the first rule that matches is the one counted.
-                    rules.entry(key).or_insert(index as u32);
+                    rules.entry(key).or_insert(slots[index]);
                 }
             }
         }

@@ -5,49 +5,75 @@ use std::net::IpAddr;
 
 use director_fw_common::{config::NS_PER_SEC, Verdict};
 use etherparse::PacketBuilder;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{compile, model::Model, policy::Policy};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Probe {
     Tcp,
     Udp,
     Icmp,
 }
 
+/// A peer entry that an address falls in.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PeerMatch {
+    pub role: String,
+    pub cidr: String,
+}
+
 /// The machine-readable answer (`explain --json`).
-#[derive(Debug, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Explanation {
-    pub verdict: &'static str,
+    pub verdict: String,
     pub rule: Option<String>,
-    pub reason: Option<&'static str>,
+    pub reason: Option<String>,
     /// How a packet passed without a rule: `unprotected`, `icmp-echo`, ...
-    pub kind: Option<&'static str>,
+    pub kind: Option<String>,
     /// The packet would be dropped, but audit mode lets it pass.
     pub audit: bool,
+    /// The peer entries (role and CIDR) that the source and the destination fall in.
+    pub src_peers: Vec<PeerMatch>,
+    pub dst_peers: Vec<PeerMatch>,
 }
 
 impl Explanation {
-    pub fn of(policy: &Policy, verdict: Verdict) -> Explanation {
+    /// The model's verdict on a packet from `src` to `dst`, in words.
+    pub fn of(policy: &Policy, verdict: Verdict, src: IpAddr, dst: IpAddr) -> Explanation {
         let mut e = Explanation {
-            verdict: if verdict.passes() { "pass" } else { "drop" },
+            verdict: if verdict.passes() { "pass" } else { "drop" }.into(),
             rule: None,
             reason: None,
             kind: None,
             audit: false,
+            src_peers: matches(policy, src),
+            dst_peers: matches(policy, dst),
         };
         match verdict {
-            Verdict::Pass(kind) => e.kind = Some(kind.name()),
+            Verdict::Pass(kind) => e.kind = Some(kind.name().into()),
             Verdict::Rule(index) => e.rule = Some(policy.rules[index as usize].id.clone()),
-            Verdict::Drop(reason) => e.reason = Some(reason.name()),
+            Verdict::Drop(reason) => e.reason = Some(reason.name().into()),
             Verdict::Audit(reason) => {
-                e.reason = Some(reason.name());
+                e.reason = Some(reason.name().into());
                 e.audit = true;
             }
         }
         e
     }
+}
+
+fn matches(policy: &Policy, addr: IpAddr) -> Vec<PeerMatch> {
+    policy
+        .peers
+        .iter()
+        .filter(|p| p.net.contains(&addr))
+        .map(|p| PeerMatch {
+            role: policy.role_name(p.role).to_string(),
+            cidr: p.net.to_string(),
+        })
+        .collect()
 }
 
 /// The first packet of a new connection: a TCP SYN, a UDP datagram or an ICMP echo request.
@@ -87,7 +113,7 @@ pub fn explain(
     let frame = probe_frame(src, dst, probe, sport, dport)?;
     let mut model = Model::new(policy, compile::config(policy));
     let verdict = model.judge(&frame, NS_PER_SEC);
-    Ok(Explanation::of(policy, verdict))
+    Ok(Explanation::of(policy, verdict, src, dst))
 }
 
 #[cfg(test)]
@@ -118,8 +144,15 @@ mod tests {
     fn rules_pass_by_name() {
         let e = ask("198.18.1.10", "198.18.2.10", Probe::Tcp, 4443);
         assert_eq!(
-            (e.verdict, e.rule.as_deref()),
+            (e.verdict.as_str(), e.rule.as_deref()),
             ("pass", Some("rp-director-https"))
+        );
+        assert_eq!(
+            e.dst_peers,
+            [PeerMatch {
+                role: "director".into(),
+                cidr: "198.18.2.10/32".into()
+            }]
         );
         let e = ask("198.18.9.9", "198.18.5.10", Probe::Tcp, 50002);
         assert_eq!(e.rule.as_deref(), Some("any-edge-cls"));
@@ -128,7 +161,10 @@ mod tests {
     #[test]
     fn drops_say_why() {
         let e = ask("198.18.1.10", "198.18.2.10", Probe::Tcp, 4444);
-        assert_eq!((e.verdict, e.reason), ("drop", Some("no-rule")));
+        assert_eq!(
+            (e.verdict.as_str(), e.reason.as_deref()),
+            ("drop", Some("no-rule"))
+        );
         let mixed = explain(
             &lab(),
             "198.18.1.10".parse().unwrap(),
@@ -143,8 +179,11 @@ mod tests {
     #[test]
     fn unprotected_and_echo() {
         let e = ask("198.18.2.10", "198.18.9.9", Probe::Udp, 53);
-        assert_eq!((e.verdict, e.kind), ("pass", Some("unprotected")));
+        assert_eq!(
+            (e.verdict.as_str(), e.kind.as_deref()),
+            ("pass", Some("unprotected"))
+        );
         let e = ask("198.18.9.9", "198.18.2.10", Probe::Icmp, 0);
-        assert_eq!(e.kind, Some("icmp-echo"));
+        assert_eq!(e.kind.as_deref(), Some("icmp-echo"));
     }
 }

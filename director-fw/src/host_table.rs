@@ -39,6 +39,7 @@ fn try_build<K: HostAddr, T: Copy + Default>(
     let masks = TableMasks {
         buckets: u32::try_from(buckets - 1).ok()?,
         slots: u32::try_from(slots - 1).ok()?,
+        ..TableMasks::default()
     };
     let mut members: Vec<Vec<usize>> = vec![Vec::new(); buckets];
     for (i, (key, _)) in hosts.iter().enumerate() {

@@ -1,54 +1,58 @@
-//! Where an instance keeps its things. Instances are fully separate, so tests run their own
-//! and never touch a real one:
+//! Every path of an instance, in one place. Instances are fully separate, so tests run their
+//! own and never touch a real one:
 //!
-//! - `/sys/fs/bpf/director-fw/NAME/maps/MAP`: pinned maps (counters, flows, policy maps);
-//! - `/run/director-fw/NAME.json`: the running agent's description (pid, interfaces, rules);
-//! - `/run/director-fw/NAME.sock`: the control socket, and `/var/lib/director-fw/NAME/`: state
-//!   kept across restarts (both come with the runtime control plane).
+//! - `/sys/fs/bpf/director-fw/NAME/`: the pinned datapath (see `datapath::Pins`);
+//! - `/run/director-fw/NAME.sock`: the running agent's control socket;
+//! - `/run/director-fw/NAME.lock`: held (flock) by the agent that runs the instance;
+//! - `/var/lib/director-fw/NAME/state.json`: what the agent keeps across restarts (runtime
+//!   peers, the counter slot of each rule id).
 
 use std::{
-    io::Write,
+    fs::File,
+    io::{Read, Seek, Write},
     path::{Path, PathBuf},
 };
 
-use serde::{Deserialize, Serialize};
+use crate::datapath::Pins;
 
 pub const BPFFS: &str = "/sys/fs/bpf";
+const RUN_DIR: &str = "/run/director-fw";
+const STATE_DIR: &str = "/var/lib/director-fw";
+/// `statfs(2)` magic of a bpf filesystem.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 #[derive(Clone, Debug)]
 pub struct Instance {
     pub name: String,
 }
 
-/// What a running agent tells other commands about itself.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct AgentInfo {
-    pub pid: u32,
-    pub interfaces: Vec<String>,
-    pub mode: String,
-    /// The policy file, or `None` for the built-in profile.
-    pub policy_file: Option<PathBuf>,
-    pub audit: bool,
-    /// Rule ids by index, as the kernel counts them.
-    pub rules: Vec<String>,
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum InstanceError {
     #[error("invalid instance name {0:?}: use 1-32 letters, digits, '-' or '_'")]
     BadName(String),
-    #[error("no director-fw agent runs for instance {0:?} (nothing at {1}); start one with `director-fw run`")]
-    NotRunning(String, String),
-    #[error("instance {0:?} is already run by agent pid {1}; stop it first or use --instance")]
-    AlreadyRunning(String, u32),
+    #[error("instance {name:?} is already run by agent pid {pid} (it holds {lock}); stop it first, or use --instance")]
+    AlreadyRunning {
+        name: String,
+        pid: String,
+        lock: String,
+    },
+    #[error("{BPFFS} is not a bpf filesystem and mounting one there failed ({0}). Mount it with `mount -t bpf bpf {BPFFS}`")]
+    NoBpffs(std::io::Error),
+    #[error("{BPFFS} is not a bpf filesystem in this mount namespace (`ip netns exec` gives commands a private /sys that hides it). Pins made here would vanish with the namespace and take the firewall with them. Run director-fw with `nsenter --net=/run/netns/NAME director-fw ...` instead, which enters only the network namespace")]
+    PrivateSys,
     #[error("{0}: {1}")]
     Io(String, std::io::Error),
-    #[error("{0}: {1}")]
-    Corrupt(String, serde_json::Error),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> InstanceError + '_ {
     move |err| InstanceError::Io(path.display().to_string(), err)
+}
+
+/// Held while an agent runs the instance: an exclusive flock on the lock file, released by
+/// the kernel when the process exits however it exits.
+#[derive(Debug)]
+pub struct Lock {
+    _file: File,
 }
 
 impl Instance {
@@ -70,73 +74,82 @@ impl Instance {
         Path::new(BPFFS).join("director-fw").join(&self.name)
     }
 
-    pub fn maps_dir(&self) -> PathBuf {
-        self.pin_dir().join("maps")
+    pub fn pins(&self) -> Pins {
+        Pins::new(self.pin_dir())
     }
 
-    pub fn map_pin(&self, map: &str) -> PathBuf {
-        self.maps_dir().join(map)
+    pub fn socket(&self) -> PathBuf {
+        Path::new(RUN_DIR).join(format!("{}.sock", self.name))
     }
 
-    pub fn info_file(&self) -> PathBuf {
-        Path::new("/run/director-fw").join(format!("{}.json", self.name))
+    pub fn lock_file(&self) -> PathBuf {
+        Path::new(RUN_DIR).join(format!("{}.lock", self.name))
     }
 
-    /// The running agent's description, or `NotRunning`.
-    pub fn agent(&self) -> Result<AgentInfo, InstanceError> {
-        let path = self.info_file();
-        let text = match std::fs::read_to_string(&path) {
-            Ok(text) => text,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                return Err(self.not_running());
-            }
-            Err(err) => return Err(io(&path)(err)),
-        };
-        let info: AgentInfo = serde_json::from_str(&text)
-            .map_err(|err| InstanceError::Corrupt(path.display().to_string(), err))?;
-        if !process_alive(info.pid) {
-            return Err(self.not_running());
+    pub fn state_dir(&self) -> PathBuf {
+        Path::new(STATE_DIR).join(&self.name)
+    }
+
+    pub fn state_file(&self) -> PathBuf {
+        self.state_dir().join("state.json")
+    }
+
+    /// Claims the instance for this process, or names the agent that has it. The lock is
+    /// the kernel's, so a killed agent never leaves a stale claim behind.
+    pub fn lock(&self) -> Result<Lock, InstanceError> {
+        let path = self.lock_file();
+        std::fs::create_dir_all(RUN_DIR).map_err(io(Path::new(RUN_DIR)))?;
+        let mut file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io(&path))?;
+        if file.try_lock().is_err() {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            return Err(InstanceError::AlreadyRunning {
+                name: self.name.clone(),
+                pid: pid.trim().to_string(),
+                lock: path.display().to_string(),
+            });
         }
-        Ok(info)
-    }
-
-    fn not_running(&self) -> InstanceError {
-        InstanceError::NotRunning(self.name.clone(), self.info_file().display().to_string())
-    }
-
-    /// Refuses when another live agent runs this instance; clears what a dead one left.
-    pub fn claim(&self) -> Result<(), InstanceError> {
-        match self.agent() {
-            Ok(info) if info.pid != std::process::id() => {
-                return Err(InstanceError::AlreadyRunning(self.name.clone(), info.pid))
-            }
-            Ok(_) | Err(InstanceError::NotRunning(..)) | Err(InstanceError::Corrupt(..)) => {}
-            Err(err) => return Err(err),
-        }
-        self.release();
-        Ok(())
-    }
-
-    /// Writes the agent's description atomically (write, then rename).
-    pub fn publish(&self, info: &AgentInfo) -> Result<(), InstanceError> {
-        let path = self.info_file();
-        let dir = path.parent().expect("has a parent");
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
-        let tmp = path.with_extension("json.tmp");
-        let text = serde_json::to_string_pretty(info).expect("serializable");
-        let mut file = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-        file.write_all(text.as_bytes()).map_err(io(&tmp))?;
-        file.sync_all().map_err(io(&tmp))?;
-        std::fs::rename(&tmp, &path).map_err(io(&path))
-    }
-
-    /// Removes the pins and the agent's description. Missing ones are fine.
-    pub fn release(&self) {
-        let _ = std::fs::remove_dir_all(self.pin_dir());
-        let _ = std::fs::remove_file(self.info_file());
+        file.set_len(0).map_err(io(&path))?;
+        file.rewind().map_err(io(&path))?;
+        writeln!(file, "{}", std::process::id()).map_err(io(&path))?;
+        Ok(Lock { _file: file })
     }
 }
 
-fn process_alive(pid: u32) -> bool {
-    Path::new("/proc").join(pid.to_string()).exists()
+/// Makes sure `/sys/fs/bpf` is a bpf filesystem, mounting one if it is not: pins need it.
+/// In a mount namespace of its own (`ip netns exec`) it refuses instead, because a bpffs
+/// mounted there would be private and short-lived.
+pub fn ensure_bpffs() -> Result<(), InstanceError> {
+    let path = std::ffi::CString::new(BPFFS).expect("no NUL");
+    // SAFETY: statfs fills a zeroed struct from a valid path.
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(path.as_ptr(), &mut stat) } == 0 && stat.f_type as i64 == BPF_FS_MAGIC {
+        return Ok(());
+    }
+    let namespace = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();
+    if namespace("self") != namespace("1") {
+        return Err(InstanceError::PrivateSys);
+    }
+    let _ = std::fs::create_dir_all(BPFFS);
+    let fstype = std::ffi::CString::new("bpf").expect("no NUL");
+    // SAFETY: valid NUL-terminated strings; no data argument.
+    let rc = unsafe {
+        libc::mount(
+            fstype.as_ptr(),
+            path.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(InstanceError::NoBpffs(std::io::Error::last_os_error()));
+    }
+    Ok(())
 }

@@ -1,17 +1,25 @@
 //! director-fw: an eBPF packet filter that enforces the Lync Server 2013 single-Director
 //! port policy on Linux gateways. This library holds everything the `director-fw` binary
 //! does; each subcommand is a thin call into it.
+//!
+//! - `policy`, `compile`, `host_table`, `model`, `explain`: the policy and its meaning (pure);
+//! - `datapath`: the kernel side, the only module that uses aya;
+//! - `instance`: every path of an instance;
+//! - `agent`: the running agent; `control`: its socket protocol, server and client;
+//! - `stats`: counters as operators read them.
 
+pub mod agent;
 pub mod compile;
+pub mod control;
+pub mod datapath;
 pub mod explain;
 pub mod host_table;
 pub mod instance;
-pub mod loader;
 pub mod model;
 pub mod policy;
 pub mod stats;
 
 pub use compile::{compile, Compiled};
-pub use loader::{AttachMode, Datapath};
+pub use datapath::{AttachMode, Datapath};
 pub use model::Model;
 pub use policy::Policy;

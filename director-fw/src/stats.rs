@@ -1,38 +1,33 @@
-//! Reading the live counters of a running instance from its pinned `COUNTERS` map.
+//! Counters as `stats` shows them: per rule (by id), per pass kind and per drop reason.
 
-use director_fw_common::{maps, Counter, DropReason, PassKind, Verdict};
-use serde::Serialize;
+use director_fw_common::{Counter, DropReason, PassKind, Verdict};
+use serde::{Deserialize, Serialize};
 
-use crate::{
-    instance::{AgentInfo, Instance},
-    loader::{pinned_counters, sum, LoadError},
-};
-
-#[derive(Debug, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct RuleStat {
     pub id: String,
     pub packets: u64,
     pub bytes: u64,
 }
 
-#[derive(Debug, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct DropStat {
-    pub reason: &'static str,
+    pub reason: String,
     pub packets: u64,
     pub bytes: u64,
     /// Counted in audit mode: would have been dropped, passed.
     pub audit: bool,
 }
 
-#[derive(Debug, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PassStat {
-    pub kind: &'static str,
+    pub kind: String,
     pub packets: u64,
     pub bytes: u64,
 }
 
 /// `stats --json`, as SPEC section 4 documents it.
-#[derive(Debug, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Stats {
     pub rules: Vec<RuleStat>,
     pub drops: Vec<DropStat>,
@@ -40,42 +35,21 @@ pub struct Stats {
     pub interfaces: Vec<String>,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum StatsError {
-    #[error(transparent)]
-    Instance(#[from] crate::instance::InstanceError),
-    #[error("reading the counters of instance {instance:?}: {source}")]
-    Read {
-        instance: String,
-        source: Box<LoadError>,
-    },
-}
-
-pub fn read(instance: &Instance) -> Result<Stats, StatsError> {
-    let agent = instance.agent()?;
-    collect(&agent, |slot| {
-        let counters = pinned_counters(&instance.map_pin(maps::COUNTERS))?;
-        Ok(sum(&counters.get(&slot, 0)?))
-    })
-    .map_err(|source| StatsError::Read {
-        instance: instance.name.clone(),
-        source: Box::new(source),
-    })
-}
-
-/// Builds the stats from any counter source (a pinned map, or a loaded datapath in tests).
-pub fn collect(
-    agent: &AgentInfo,
-    mut counter: impl FnMut(u32) -> Result<Counter, LoadError>,
-) -> Result<Stats, LoadError> {
+/// Builds the stats from any counter source: `rules` are the rule ids in policy order with
+/// their counter slots.
+pub fn collect<E>(
+    rules: &[(String, u32)],
+    interfaces: &[String],
+    mut counter: impl FnMut(u32) -> Result<Counter, E>,
+) -> Result<Stats, E> {
     let mut stats = Stats {
         rules: Vec::new(),
         drops: Vec::new(),
         passes: Vec::new(),
-        interfaces: agent.interfaces.clone(),
+        interfaces: interfaces.to_vec(),
     };
-    for (index, id) in agent.rules.iter().enumerate() {
-        let c = counter(Verdict::Rule(index as u32).slot())?;
+    for (id, slot) in rules {
+        let c = counter(Verdict::Rule(*slot).slot())?;
         stats.rules.push(RuleStat {
             id: id.clone(),
             packets: c.packets,
@@ -85,7 +59,7 @@ pub fn collect(
     for kind in PassKind::ALL {
         let c = counter(Verdict::Pass(kind).slot())?;
         stats.passes.push(PassStat {
-            kind: kind.name(),
+            kind: kind.name().into(),
             packets: c.packets,
             bytes: c.bytes,
         });
@@ -98,7 +72,7 @@ pub fn collect(
                 continue;
             }
             stats.drops.push(DropStat {
-                reason: reason.name(),
+                reason: reason.name().into(),
                 packets: c.packets,
                 bytes: c.bytes,
                 audit,
@@ -130,7 +104,7 @@ pub fn render(stats: &Stats) -> String {
         let name = if d.audit {
             format!("{} (audit, passed)", d.reason)
         } else {
-            d.reason.to_string()
+            d.reason.clone()
         };
         out += &format!("{:<28} {:>14} {:>16}\n", name, d.packets, d.bytes);
     }

@@ -417,7 +417,7 @@ fn icmp_echo_neighbour_discovery_and_errors() {
     }
     let mut config = k.config;
     config.flags |= FLAG_ICMP_ECHO_DENY;
-    k.datapath.set_config(&config).unwrap();
+    k.set_config(config);
     assert_eq!(k.judge(&Frame::icmp(out, dir, 128, 9).bytes()), NO_RULE);
 }
 
@@ -426,7 +426,7 @@ fn audit_mode_counts_drops_and_drops_nothing() {
     let mut k = kernel!("audit_mode_counts_drops_and_drops_nothing");
     let mut config = k.config;
     config.flags |= FLAG_AUDIT;
-    k.datapath.set_config(&config).unwrap();
+    k.set_config(config);
     let (rp, dir) = (addr(Role::ReverseProxy, false), addr(Role::Director, false));
     assert_eq!(
         k.judge(&Frame::tcp(rp, 1, dir, 22, TCP_SYN).bytes()),
@@ -466,18 +466,18 @@ fn counters_count_packets_and_bytes() {
     let frame = syn(Role::EdgeInternal, Role::Director, 5061, false);
     let slot = k.rule("edge-director-sip").slot();
     let drop_slot = NO_RULE.slot();
-    let before = k.datapath.counter(slot).unwrap();
-    let drops_before = k.datapath.counter(drop_slot).unwrap();
+    let before = k.counter(slot);
+    let drops_before = k.counter(drop_slot);
     for _ in 0..3 {
         k.datapath.clear_flows().unwrap();
         k.judge(&frame);
     }
     k.judge(&syn(Role::EdgeInternal, Role::Director, 5060, false));
-    let after = k.datapath.counter(slot).unwrap();
+    let after = k.counter(slot);
     assert_eq!(after.packets - before.packets, 3);
     assert_eq!(after.bytes - before.bytes, 3 * frame.len() as u64);
     assert_eq!(
-        k.datapath.counter(drop_slot).unwrap().packets - drops_before.packets,
+        k.counter(drop_slot).packets - drops_before.packets,
         1
     );
 }

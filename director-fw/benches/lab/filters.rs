@@ -94,7 +94,8 @@ impl Filter {
 pub(crate) enum Installed<'a> {
     Nothing,
     Drop(XdpDropGuard<'a>),
-    Dfw(Datapath),
+    // The link is held, not pinned: dropping it detaches.
+    Dfw(Datapath, FdLink),
     Nft(NftGuard),
     Iptables(IptablesGuard),
     XdpFilter(XdpFilterGuard),
@@ -449,14 +450,20 @@ impl Filters {
                     AttachMode::Tc
                 };
                 let (policy, compiled) = (self.policy.clone(), self.compiled.clone());
-                let datapath = in_netns(&gw, move || {
-                    let mut datapath = Datapath::load_for(&policy, &compiled, mode)?;
-                    if let Some(message) = datapath.attach(&iface, mode)? {
+                let (datapath, link) = in_netns(&gw, move || {
+                    let mut datapath = Datapath::with_policy(
+                        &compiled,
+                        policy.options.flow_table_size,
+                        mode.programs(),
+                        false,
+                    )?;
+                    let (link, warning) = datapath.attach(&iface, mode)?;
+                    if let Some(message) = warning {
                         bail!("director-fw did not attach as asked: {message}");
                     }
-                    Ok(datapath)
+                    Ok((datapath, link))
                 })?;
-                Installed::Dfw(datapath)
+                Installed::Dfw(datapath, link)
             }
             Filter::Nft => {
                 let guard = NftGuard { ns: gw.clone() };

@@ -80,7 +80,7 @@ use std::{
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use aya::{
     maps::{Array, HashMap, PerCpuArray},
-    programs::{xdp::XdpLinkId, TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
+    programs::{links::FdLink, xdp::XdpLinkId, TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
     Ebpf, EbpfLoader, Pod,
 };
 use director_fw::{

@@ -1,15 +1,21 @@
-//! Command-line interface (SPEC section 4).
+//! Command-line interface (SPEC section 4). Every command but `run`, `policy check` and
+//! `detach` asks the running agent through its control socket.
 
+mod audit;
+mod detach;
 mod explain;
+mod peers;
 mod policy;
 mod run;
 mod stats;
-
-use std::path::PathBuf;
+mod status;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use director_fw::{instance::Instance, Policy};
+use director_fw::{
+    control::{Client, Request, Response},
+    instance::Instance,
+};
 
 #[derive(Parser)]
 #[command(
@@ -27,36 +33,63 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Load the datapath, attach it to interfaces, and enforce the policy until stopped.
+    /// Load or adopt the datapath, attach it to interfaces, and serve until stopped. The
+    /// datapath stays attached when the agent stops; `detach` removes it.
     Run(run::Args),
-    /// Check or show a policy.
+    /// The running agent: pid, interfaces, mode, policy and its hash, peers, audit.
+    Status(status::Args),
+    /// Add, remove or list peers at runtime.
+    #[command(subcommand)]
+    Peers(peers::Command),
+    /// Check, show, reload or confirm the policy.
     #[command(subcommand)]
     Policy(policy::Command),
+    /// Switch audit mode (count would-be drops, drop nothing) on or off at runtime.
+    Audit(audit::Args),
     /// Counters per rule, per pass kind and per drop reason.
     Stats(stats::Args),
-    /// What the policy does to one packet (the first of a new connection).
+    /// What the policy in force does to one packet (the first of a new connection).
     Explain(explain::Args),
+    /// Remove the programs and pins: the interfaces pass everything afterwards.
+    Detach(detach::Args),
 }
 
 pub fn dispatch(cli: Cli) -> Result<()> {
     let instance = Instance::new(&cli.instance)?;
     match cli.command {
-        Command::Run(args) => run::run(&instance, args),
+        Command::Run(args) => run::run(instance, args),
+        Command::Status(args) => status::run(&instance, args),
+        Command::Peers(command) => peers::run(&instance, command),
         Command::Policy(command) => policy::run(&instance, command),
+        Command::Audit(args) => audit::run(&instance, args),
         Command::Stats(args) => stats::run(&instance, args),
         Command::Explain(args) => explain::run(&instance, args),
+        Command::Detach(args) => detach::run(&instance, args),
     }
 }
 
-/// The policy a command works with: the named file, else the running agent's, else the
-/// built-in profile with no peers.
-fn load_policy(instance: &Instance, file: Option<&PathBuf>) -> Result<Policy> {
-    let file = match file {
-        Some(file) => Some(file.clone()),
-        None => instance.agent().ok().and_then(|agent| agent.policy_file),
-    };
-    Ok(match file {
-        Some(file) => Policy::from_file(&file)?,
-        None => Policy::builtin(),
-    })
+/// Sends one request to the instance's agent.
+fn call(instance: &Instance, request: Request) -> Result<Response> {
+    Ok(Client::connect(instance)?.call(request)?)
+}
+
+/// A response of a kind the command did not ask for: a different agent version.
+fn unexpected(response: Response) -> anyhow::Error {
+    anyhow::anyhow!("the agent answered {response:?}, which this command did not ask for")
+}
+
+/// Prints what a change did.
+fn print_change(response: Response) -> Result<()> {
+    match response {
+        Response::Changed(change) => {
+            println!(
+                "{} (generation {}, enforced after {:.1} ms)",
+                change.message,
+                change.generation,
+                change.micros as f64 / 1000.0
+            );
+            Ok(())
+        }
+        other => Err(unexpected(other)),
+    }
 }

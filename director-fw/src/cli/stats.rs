@@ -1,5 +1,9 @@
 use anyhow::Result;
-use director_fw::{instance::Instance, stats};
+use director_fw::{
+    control::{Request, Response},
+    instance::Instance,
+    stats,
+};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -8,7 +12,10 @@ pub struct Args {
 }
 
 pub fn run(instance: &Instance, args: Args) -> Result<()> {
-    let stats = stats::read(instance)?;
+    let stats = match super::call(instance, Request::Stats)? {
+        Response::Stats(stats) => stats,
+        other => return Err(super::unexpected(other)),
+    };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&stats)?);
     } else {

@@ -37,7 +37,7 @@ impl fmt::Display for PolicyError {
 }
 
 impl PolicyError {
-    pub(super) fn unreadable(path: &Path, err: &std::io::Error) -> PolicyError {
+    pub fn unreadable(path: &Path, err: &std::io::Error) -> PolicyError {
         PolicyError {
             file: path.display().to_string(),
             line: None,

@@ -3,19 +3,21 @@
 //! anything reaches the kernel.
 
 mod file;
+pub mod peers;
 pub mod profile;
 
 use std::{fmt, ops::RangeInclusive, path::Path};
 
 use ipnet::IpNet;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use file::PolicyError;
+pub use peers::{PeerEntry, PeerError, RuntimePeers};
 
 /// A role: a named set of addresses. Its index is its bit in role masks.
 pub type RoleId = usize;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Tcp,
@@ -62,21 +64,21 @@ impl Rule {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Unprotected {
     Pass,
     Drop,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum IcmpEcho {
     Allow,
     Deny,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Options {
     pub unprotected: Unprotected,
     pub icmp_echo: IcmpEcho,

@@ -6,8 +6,8 @@ pub mod frames;
 
 use std::net::IpAddr;
 
-use director_fw::{compile, Datapath, Model, Policy};
-use director_fw_common::{config::NS_PER_SEC, Config, Verdict};
+use director_fw::{compile, datapath::Programs, Compiled, Datapath, Model, Policy};
+use director_fw_common::{config::NS_PER_SEC, Config, Counter, Verdict};
 use director_fw_lab::{segment_v4, segment_v6, Role, V4_HOST_ID, V6_HOST_ID};
 
 /// Kernel and lab tests need root (BPF, netns). In CI they must fail, not skip.
@@ -66,6 +66,7 @@ pub struct Kernel {
     pub datapath: Datapath,
     pub policy: Policy,
     pub config: Config,
+    pub compiled: Compiled,
 }
 
 impl Kernel {
@@ -77,12 +78,32 @@ impl Kernel {
     pub fn with_config(policy: Policy, config: Config) -> Kernel {
         let mut compiled = compile(&policy).expect("compiles");
         compiled.config = config;
-        let datapath = Datapath::load(&policy, &compiled, true).expect("loads and verifies");
+        let datapath = Datapath::with_policy(
+            &compiled,
+            policy.options.flow_table_size,
+            Programs::Both,
+            true,
+        )
+        .expect("loads and verifies");
         Kernel {
             datapath,
             policy,
             config,
+            compiled,
         }
+    }
+
+    /// Installs the policy again with other options, as a live change would.
+    pub fn set_config(&mut self, config: Config) {
+        self.compiled.config = config;
+        self.datapath
+            .policy
+            .install(&self.compiled)
+            .expect("installs");
+    }
+
+    pub fn counter(&self, slot: u32) -> Counter {
+        self.datapath.state.counters.get(slot).expect("reads")
     }
 
     pub fn model(&self) -> Model<'_> {

@@ -1,0 +1,309 @@
+//! Every change the agent makes goes through [`Agent::commit`]: build the whole new policy,
+//! validate and compile it, save the state it implies, and install it in one generation
+//! switch. A change that fails anywhere leaves the kernel, the state file and the agent as
+//! they were.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use director_fw_common::Verdict;
+
+use crate::{
+    compile::compile_with_slots,
+    control::protocol::{
+        Change, PendingConfirm, PolicySource, PolicyView, Request, Response, RuleView, Status,
+    },
+    datapath::DatapathError,
+    explain,
+    policy::{format_ports, profile, PeerEntry, RuntimePeers},
+    stats,
+};
+
+use super::{lifecycle::take_over, timestamp, Agent, AgentError, Pending, Source, State};
+
+impl Agent {
+    /// Answers one control request.
+    pub fn handle(&mut self, request: Request) -> Response {
+        let received = Instant::now();
+        let result = match request {
+            Request::Status => Ok(Response::Status(self.status())),
+            Request::PeersList { role } => self.list(role.as_deref()),
+            Request::PeersAdd { role, cidrs } => self
+                .state
+                .peers
+                .add(&self.source.policy, &role, &cidrs)
+                .map_err(AgentError::from)
+                .and_then(|peers| {
+                    let n = peers.len() - self.state.peers.len();
+                    self.commit(self.source.clone(), peers, self.audit_switch)?;
+                    Ok(format!("added {n} peer(s) to {role}"))
+                })
+                .map(|m| self.changed(m, received)),
+            Request::PeersDel { role, cidrs } => self
+                .state
+                .peers
+                .del(&self.source.policy, &role, &cidrs)
+                .map_err(AgentError::from)
+                .and_then(|peers| {
+                    let n = self.state.peers.len() - peers.len();
+                    self.commit(self.source.clone(), peers, self.audit_switch)?;
+                    Ok(format!("removed {n} peer(s) from {role}"))
+                })
+                .map(|m| self.changed(m, received)),
+            Request::PolicyReload {
+                file,
+                confirm_within,
+            } => self
+                .reload(file, confirm_within)
+                .map(|m| self.changed(m, received)),
+            Request::PolicyConfirm => match self.pending.take() {
+                Some(_) => Ok(self.changed("confirmed; the new policy stays".into(), received)),
+                None => Err(AgentError::Refused(
+                    "no reload is waiting for confirmation".into(),
+                )),
+            },
+            Request::PolicyShow => Ok(Response::Policy(self.view())),
+            Request::Audit { on } => self
+                .commit(self.source.clone(), self.state.peers.clone(), Some(on))
+                .map(|()| {
+                    let m = if on {
+                        "audit mode on: nothing is dropped; would-be drops are counted"
+                    } else {
+                        "audit mode off: the policy drops again"
+                    };
+                    self.changed(m.into(), received)
+                }),
+            Request::Stats => self.stats().map(Response::Stats),
+            Request::Explain {
+                src,
+                dst,
+                proto,
+                sport,
+                dport,
+            } => explain::explain(&self.effective, src, dst, proto, sport, dport)
+                .map(Response::Explain)
+                .map_err(AgentError::Refused),
+            Request::Detach => super::detach(&self.instance)
+                .map(|interfaces| Response::Detached { interfaces }),
+        };
+        result.unwrap_or_else(|err| Response::Error {
+            message: err.to_string(),
+        })
+    }
+
+    fn changed(&self, message: String, received: Instant) -> Response {
+        Response::Changed(Change {
+            message,
+            generation: self.maps.generation(),
+            micros: received.elapsed().as_micros() as u64,
+        })
+    }
+
+    /// Makes `source` with `peers` (and the audit switch) the policy in force.
+    pub(super) fn commit(
+        &mut self,
+        source: Source,
+        peers: RuntimePeers,
+        audit_switch: Option<bool>,
+    ) -> Result<(), AgentError> {
+        let peers = peers.rebase(&source.policy)?;
+        let mut effective = peers.apply(&source.policy);
+        effective.options.audit =
+            audit_switch.unwrap_or(source.policy.options.audit || self.audit_flag);
+        let assigned = self.state.rule_slots.assign(&effective);
+        let compiled = compile_with_slots(&effective, &assigned.slots)?;
+        let state = State {
+            peers,
+            rule_slots: assigned.table,
+            ..self.state.clone()
+        };
+        let path = self.instance.state_file();
+        state.save(&path)?;
+        let installed = self.install(&compiled, &assigned.fresh);
+        if let Err(err) = installed {
+            // The kernel did not change; neither does the saved state.
+            if let Err(undo) = self.state.save(&path) {
+                eprintln!("director-fw: warning: could not restore {}: {undo}", path.display());
+            }
+            return Err(err);
+        }
+        if effective.options.flow_table_size != self.effective.options.flow_table_size {
+            eprintln!(
+                "director-fw: warning: flow_table_size {} takes effect only when the datapath is loaded anew (after `director-fw detach`); the flow table keeps its size",
+                effective.options.flow_table_size
+            );
+        }
+        self.source = source;
+        self.state = state;
+        self.effective = effective;
+        self.slots = assigned.slots;
+        self.audit_switch = audit_switch;
+        self.last_change = SystemTime::now();
+        Ok(())
+    }
+
+    /// Installs in one generation switch, or, when the policy has outgrown the maps, loads
+    /// maps of a new size and puts their program under the links in one step.
+    fn install(&mut self, compiled: &crate::Compiled, fresh: &[u32]) -> Result<(), AgentError> {
+        for &slot in fresh {
+            self.counters.zero(Verdict::Rule(slot).slot())?;
+        }
+        match self.maps.install(compiled) {
+            Ok(_) => Ok(()),
+            Err(DatapathError::DoesNotFit(why)) => {
+                eprintln!("director-fw: the policy outgrows its maps ({why}); loading larger ones");
+                let (maps, counters) = take_over(
+                    &self.pins,
+                    &self.object,
+                    compiled,
+                    self.effective.options.flow_table_size,
+                    self.mode,
+                    &[],
+                    &self.ifaces,
+                )?;
+                self.maps = maps;
+                self.counters = counters;
+                Ok(())
+            }
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    fn reload(
+        &mut self,
+        file: Option<std::path::PathBuf>,
+        confirm_within: Option<u64>,
+    ) -> Result<String, AgentError> {
+        if confirm_within.is_some() && self.pending.is_some() {
+            return Err(AgentError::Refused(
+                "a reload is already waiting for `policy confirm`; confirm it or let it revert first".into(),
+            ));
+        }
+        let file = file.or_else(|| self.source.file.clone());
+        let source = Source::read(file.as_ref())?;
+        let previous = self.source.clone();
+        self.commit(source, self.state.peers.clone(), None)?;
+        let what = format!(
+            "reloaded {} ({} rules, {} peers)",
+            self.source.policy.source,
+            self.effective.rules.len(),
+            self.effective.peers.len()
+        );
+        match confirm_within {
+            Some(secs) => {
+                self.pending = Some(Pending {
+                    deadline: Instant::now() + Duration::from_secs(secs),
+                    previous,
+                });
+                Ok(format!(
+                    "{what}; it reverts to {} in {secs} s unless `director-fw policy confirm` comes first",
+                    self.pending.as_ref().map_or("", |p| p.previous.policy.source.as_str())
+                ))
+            }
+            None => {
+                self.pending = None;
+                Ok(what)
+            }
+        }
+    }
+
+    /// The confirm deadline, if a reload waits for one.
+    pub(super) fn deadline(&self) -> Option<Instant> {
+        self.pending.as_ref().map(|p| p.deadline)
+    }
+
+    /// The deadline passed: back to the policy before the reload, with today's peers.
+    pub(super) fn revert(&mut self) {
+        let Some(pending) = self.pending.take() else {
+            return;
+        };
+        let to = pending.previous.policy.source.clone();
+        match self.commit(pending.previous, self.state.peers.clone(), None) {
+            Ok(()) => eprintln!("director-fw: no `policy confirm` in time: reverted to {to}"),
+            Err(err) => eprintln!("director-fw: error: reverting to {to} failed, the reloaded policy stays: {err}"),
+        }
+    }
+
+    pub(super) fn reload_on_signal(&mut self) {
+        match self.reload(None, None) {
+            Ok(what) => eprintln!("director-fw: SIGHUP: {what}"),
+            Err(err) => eprintln!("director-fw: error: SIGHUP reload refused, nothing changed: {err}"),
+        }
+    }
+
+    pub fn status(&self) -> Status {
+        Status {
+            pid: std::process::id(),
+            instance: self.instance.name.clone(),
+            interfaces: self.ifaces.clone(),
+            mode: self.mode.name().into(),
+            policy: PolicySource {
+                source: self.source.policy.source.clone(),
+                sha256: self.source.sha256.clone(),
+            },
+            peers: self.effective.peers.len(),
+            runtime_peers: self.state.peers.len(),
+            audit: self.effective.options.audit,
+            generation: self.maps.generation(),
+            start: self.start.into(),
+            started_at: timestamp(self.started_at),
+            last_change: timestamp(self.last_change),
+            pending_confirm: self.pending.as_ref().map(|p| PendingConfirm {
+                revert_to: p.previous.policy.source.clone(),
+                seconds_left: p.deadline.saturating_duration_since(Instant::now()).as_secs(),
+            }),
+            object: self.object_id.clone(),
+        }
+    }
+
+    fn list(&self, role: Option<&str>) -> Result<Response, AgentError> {
+        if let Some(role) = role {
+            if self.source.policy.role(role).is_none() {
+                return Err(AgentError::Refused(format!(
+                    "unknown role {role:?}; the policy's roles are: {}",
+                    self.source.policy.roles.join(", ")
+                )));
+            }
+        }
+        let peers: Vec<PeerEntry> = self.state.peers.list(&self.source.policy, role);
+        Ok(Response::Peers { peers })
+    }
+
+    fn view(&self) -> PolicyView {
+        let p = &self.effective;
+        PolicyView {
+            source: p.source.clone(),
+            rules: p
+                .rules
+                .iter()
+                .map(|r| RuleView {
+                    id: r.id.clone(),
+                    from: p.source_name(r.from).into(),
+                    to: p.role_name(r.to).into(),
+                    proto: r.protocol.name().into(),
+                    ports: format_ports(&r.ports),
+                    origin: r.origin.clone(),
+                })
+                .collect(),
+            options: p.options.clone(),
+            peers: self.state.peers.list(&self.source.policy, None),
+            notes: p
+                .profile
+                .iter()
+                .map(|_| profile::ANOMALY_NOTE.to_string())
+                .collect(),
+        }
+    }
+
+    fn stats(&self) -> Result<stats::Stats, AgentError> {
+        let rules: Vec<(String, u32)> = self
+            .effective
+            .rules
+            .iter()
+            .zip(&self.slots)
+            .map(|(r, &s)| (r.id.clone(), s))
+            .collect();
+        Ok(stats::collect(&rules, &self.ifaces, |slot| {
+            self.counters.get(slot)
+        })?)
+    }
+}

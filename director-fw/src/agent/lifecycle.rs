@@ -1,0 +1,206 @@
+//! Starting an agent on an instance: it loads a new datapath when nothing is pinned, adopts
+//! the pinned one when it is this agent's own object, and otherwise takes it over (an upgrade,
+//! or maps that must grow) by replacing the program on the pinned links in one step. In every
+//! case the datapath that enforces keeps enforcing until the new one does.
+
+use std::{borrow::Cow, collections::BTreeSet, path::PathBuf, time::SystemTime};
+
+use crate::{
+    compile::{compile_with_slots, Compiled},
+    datapath::{self, object_id, AttachMode, Capacity, Counters, Datapath, PolicyMaps, OBJECT},
+    instance::{ensure_bpffs, Instance},
+};
+
+use super::{Agent, AgentError, Source, State};
+
+/// What `director-fw run` asks for.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub ifaces: Vec<String>,
+    pub mode: AttachMode,
+    pub policy_file: Option<PathBuf>,
+    pub audit: bool,
+    /// Another build of the kernel object to run instead of the built-in one (upgrade tests).
+    pub object: Option<PathBuf>,
+}
+
+impl Agent {
+    /// Claims the instance and makes the datapath enforce the policy on every interface.
+    pub fn start(instance: Instance, options: RunOptions) -> Result<Agent, AgentError> {
+        ensure_bpffs()?;
+        let lock = instance.lock()?;
+        let object: Cow<'static, [u8]> = match &options.object {
+            Some(path) => Cow::Owned(
+                std::fs::read(path).map_err(|e| AgentError::Io(path.display().to_string(), e))?,
+            ),
+            None => Cow::Borrowed(OBJECT),
+        };
+        let state = State::load(&instance.state_file())?;
+        let source = Source::read(options.policy_file.as_ref())?;
+        let peers = state.peers.rebase(&source.policy)?;
+        let mut effective = peers.apply(&source.policy);
+        effective.options.audit |= options.audit;
+        let assigned = state.rule_slots.assign(&effective);
+        let compiled = compile_with_slots(&effective, &assigned.slots)?;
+        let state = State {
+            peers,
+            rule_slots: assigned.table,
+            ..state
+        };
+
+        let pins = instance.pins();
+        let pinned = pins.links()?;
+        let wanted: BTreeSet<&str> = options.ifaces.iter().map(String::as_str).collect();
+        if let Some(link) = pinned
+            .iter()
+            .find(|l| !wanted.contains(l.iface.as_str()) || l.mode != options.mode)
+        {
+            let all: Vec<String> = pinned
+                .iter()
+                .map(|l| format!("{} ({})", l.iface, l.mode.name()))
+                .collect();
+            return Err(AgentError::Refused(format!(
+                "instance {:?} is pinned on {}; {} {} is not what this run asks for ({} in {} mode). Run it with the same interfaces and mode, or remove the old ones first with `director-fw detach --yes` (the gateway passes everything until the agent attaches again)",
+                instance.name,
+                all.join(", "),
+                link.iface,
+                link.mode.name(),
+                options.ifaces.join(", "),
+                options.mode.name()
+            )));
+        }
+        let id = object_id(&object);
+        let flows = effective.options.flow_table_size;
+        let fresh_slots = assigned.fresh;
+
+        let (maps, counters, start) = if !pins.exist() {
+            let mut dp = load(&object, &compiled, flows, options.mode, None)?;
+            zero(&mut dp.state.counters, &fresh_slots)?;
+            dp.policy.install(&compiled)?;
+            let mut links = Vec::new();
+            for iface in &options.ifaces {
+                // An error drops the links made so far, which detaches them: nothing was
+                // enforcing before, and nothing is pinned yet.
+                let (link, warning) = dp.attach(iface, options.mode)?;
+                if let Some(warning) = warning {
+                    eprintln!("director-fw: warning: {warning}");
+                }
+                links.push((options.mode, iface.clone(), link));
+            }
+            if let Err(err) = pins.commit(&mut dp, links) {
+                let _ = std::fs::remove_dir_all(pins.dir());
+                return Err(err.into());
+            }
+            let (maps, counters) = dp.into_parts();
+            (maps, counters, "loaded")
+        } else {
+            pins.check_state_layout()?;
+            let all_pinned = options
+                .ifaces
+                .iter()
+                .all(|i| pinned.iter().any(|l| &l.iface == i));
+            match pins.adopt(&id)? {
+                Some(mut adopted) if all_pinned && adopted.policy.fits(&compiled).is_ok() => {
+                    zero(&mut adopted.counters, &fresh_slots)?;
+                    adopted.policy.install(&compiled)?;
+                    (adopted.policy, adopted.counters, "adopted")
+                }
+                _ => {
+                    let (maps, counters) = take_over(
+                        &pins,
+                        &object,
+                        &compiled,
+                        flows,
+                        options.mode,
+                        &fresh_slots,
+                        &options.ifaces,
+                    )?;
+                    (maps, counters, "upgraded")
+                }
+            }
+        };
+        state.save(&instance.state_file())?;
+        let now = SystemTime::now();
+        Ok(Agent {
+            pins,
+            ifaces: options.ifaces,
+            mode: options.mode,
+            object,
+            object_id: id,
+            audit_flag: options.audit,
+            audit_switch: None,
+            source,
+            state,
+            effective,
+            slots: assigned.slots,
+            maps,
+            counters,
+            start,
+            started_at: now,
+            last_change: now,
+            pending: None,
+            instance,
+            _lock: lock,
+        })
+    }
+}
+
+fn load(
+    object: &[u8],
+    compiled: &Compiled,
+    flows: u32,
+    mode: AttachMode,
+    reuse: Option<&datapath::Pins>,
+) -> Result<Datapath, AgentError> {
+    let capacity = Capacity::for_policy(compiled);
+    Ok(Datapath::load(
+        object,
+        &capacity,
+        flows,
+        mode.programs(),
+        false,
+        reuse,
+    )?)
+}
+
+fn zero(counters: &mut Counters, slots: &[u32]) -> Result<(), AgentError> {
+    for &slot in slots {
+        counters.zero(director_fw_common::Verdict::Rule(slot).slot())?;
+    }
+    Ok(())
+}
+
+/// Loads `object` with maps sized for `compiled`, sharing the pinned flows and counters, and
+/// puts it under every pinned link in one step each; then attaches to the interfaces of
+/// `ifaces` that have no link yet.
+pub(super) fn take_over(
+    pins: &datapath::Pins,
+    object: &[u8],
+    compiled: &Compiled,
+    flows: u32,
+    mode: AttachMode,
+    fresh_slots: &[u32],
+    ifaces: &[String],
+) -> Result<(PolicyMaps, Counters), AgentError> {
+    let mut dp = load(object, compiled, flows, mode, Some(pins))?;
+    zero(&mut dp.state.counters, fresh_slots)?;
+    dp.policy.install(compiled)?;
+    let pinned = pins.take_over(&mut dp)?;
+    let mut links = Vec::new();
+    for iface in ifaces.iter().filter(|i| !pinned.iter().any(|l| &&l.iface == i)) {
+        let (link, warning) = dp.attach(iface, mode)?;
+        if let Some(warning) = warning {
+            eprintln!("director-fw: warning: {warning}");
+        }
+        links.push((mode, iface.clone(), link));
+    }
+    pins.pin_links(links)?;
+    Ok(dp.into_parts())
+}
+
+/// Removes the instance's programs and pins: the explicit fail-open. Returns the interfaces
+/// it detached from. The caller makes sure no agent runs (or is the agent).
+pub fn detach(instance: &Instance) -> Result<Vec<String>, AgentError> {
+    ensure_bpffs()?;
+    Ok(datapath::detach(&instance.pins())?)
+}

@@ -1,0 +1,120 @@
+//! The agent: it starts (loading a datapath, or adopting the pinned one), serves the control
+//! socket, applies changes, and stops without taking the datapath with it.
+//!
+//! - `lifecycle`: start (load, adopt or take over) and the pinned datapath's checks;
+//! - `change`: every change (peers, reload, audit, confirm) through one commit;
+//! - `serve`: the socket, signals and the confirm deadline;
+//! - `slots`, `state`: counter slots of rule ids, and what is kept across restarts.
+
+mod change;
+mod lifecycle;
+mod serve;
+mod slots;
+mod state;
+
+use std::{
+    borrow::Cow,
+    path::PathBuf,
+    time::{Instant, SystemTime},
+};
+
+pub use lifecycle::{detach, RunOptions};
+pub use serve::run;
+pub use slots::RuleSlots;
+pub use state::{State, StateError};
+
+use crate::{
+    datapath::{AttachMode, Counters, DatapathError, Pins, PolicyMaps},
+    instance::{Instance, InstanceError, Lock},
+    policy::{Policy, PolicyError, PeerError},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Instance(#[from] InstanceError),
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error(transparent)]
+    Peers(#[from] PeerError),
+    #[error(transparent)]
+    Compile(#[from] crate::compile::CompileError),
+    #[error(transparent)]
+    Datapath(#[from] DatapathError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("{0}")]
+    Refused(String),
+    #[error("{0}: {1}")]
+    Io(String, std::io::Error),
+}
+
+/// A policy file as read, or the built-in profile.
+#[derive(Clone, Debug)]
+struct Source {
+    file: Option<PathBuf>,
+    policy: Policy,
+    sha256: String,
+}
+
+impl Source {
+    fn read(file: Option<&PathBuf>) -> Result<Source, AgentError> {
+        use sha2::{Digest, Sha256};
+        let Some(file) = file else {
+            return Ok(Source {
+                file: None,
+                policy: Policy::builtin(),
+                sha256: hex(&Sha256::digest(b"")),
+            });
+        };
+        let file = std::path::absolute(file).unwrap_or(file.clone());
+        let text = std::fs::read_to_string(&file)
+            .map_err(|err| PolicyError::unreadable(&file, &err))?;
+        let policy = Policy::from_toml(&file.display().to_string(), &text)?;
+        Ok(Source {
+            sha256: hex(&Sha256::digest(text.as_bytes())),
+            file: Some(file),
+            policy,
+        })
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A reload waiting for `policy confirm`.
+struct Pending {
+    deadline: Instant,
+    previous: Source,
+}
+
+pub struct Agent {
+    instance: Instance,
+    _lock: Lock,
+    pins: Pins,
+    ifaces: Vec<String>,
+    mode: AttachMode,
+    object: Cow<'static, [u8]>,
+    object_id: String,
+    /// `run --audit`: audit whatever the file says.
+    audit_flag: bool,
+    /// `audit on|off`, until the next reload.
+    audit_switch: Option<bool>,
+    source: Source,
+    state: State,
+    /// The policy in force: the file's with the runtime peers and the audit switch.
+    effective: Policy,
+    /// Counter slot of each rule of `effective`.
+    slots: Vec<u32>,
+    maps: PolicyMaps,
+    counters: Counters,
+    start: &'static str,
+    started_at: SystemTime,
+    last_change: SystemTime,
+    pending: Option<Pending>,
+}
+
+fn timestamp(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}

@@ -1,0 +1,142 @@
+//! The control protocol: one JSON object per line each way, a request and its response, over
+//! the instance's Unix socket. Every message carries the protocol version; an agent answers a
+//! request of another version with an error that says so, never with a guess.
+
+use std::{net::IpAddr, path::PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    explain::{Explanation, Probe},
+    policy::{Options, PeerEntry},
+    stats::Stats,
+};
+
+pub const PROTOCOL_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Envelope<T> {
+    pub version: u32,
+    #[serde(flatten)]
+    pub body: T,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "request", rename_all = "kebab-case")]
+pub enum Request {
+    Status,
+    PeersAdd {
+        role: String,
+        cidrs: Vec<String>,
+    },
+    PeersDel {
+        role: String,
+        cidrs: Vec<String>,
+    },
+    PeersList {
+        role: Option<String>,
+    },
+    /// Apply the policy file again (`file: None`: the one in force) with the runtime peers.
+    /// With `confirm_within`, revert unless `PolicyConfirm` comes in that many seconds.
+    PolicyReload {
+        file: Option<PathBuf>,
+        confirm_within: Option<u64>,
+    },
+    PolicyConfirm,
+    PolicyShow,
+    Audit {
+        on: bool,
+    },
+    Stats,
+    Explain {
+        src: IpAddr,
+        dst: IpAddr,
+        proto: Probe,
+        sport: u16,
+        dport: u16,
+    },
+    /// Remove the programs and pins and stop: the explicit fail-open.
+    Detach,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "response", rename_all = "kebab-case")]
+pub enum Response {
+    Status(Status),
+    Changed(Change),
+    Peers { peers: Vec<PeerEntry> },
+    Policy(PolicyView),
+    Stats(Stats),
+    Explain(Explanation),
+    Detached { interfaces: Vec<String> },
+    Error { message: String },
+}
+
+/// The agent, as `status` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Status {
+    pub pid: u32,
+    pub instance: String,
+    pub interfaces: Vec<String>,
+    pub mode: String,
+    pub policy: PolicySource,
+    /// Peer entries in force: the file's and the runtime ones.
+    pub peers: usize,
+    pub runtime_peers: usize,
+    pub audit: bool,
+    /// The policy generation the kernel reads (0 or 1).
+    pub generation: u32,
+    /// How this agent came to the datapath: `loaded`, `adopted` or `upgraded`.
+    pub start: String,
+    pub started_at: String,
+    pub last_change: String,
+    /// A reload waiting for `policy confirm`.
+    pub pending_confirm: Option<PendingConfirm>,
+    /// The id of the kernel object in use.
+    pub object: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PolicySource {
+    /// The file, or `built-in profile ...`.
+    pub source: String,
+    /// SHA-256 of the policy file's text (of the empty string for the built-in profile).
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PendingConfirm {
+    /// The file that will be reverted to.
+    pub revert_to: String,
+    pub seconds_left: u64,
+}
+
+/// What a change did, once the kernel enforces it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Change {
+    pub message: String,
+    pub generation: u32,
+    /// Time from receiving the request until the kernel enforced it.
+    pub micros: u64,
+}
+
+/// The policy in force, as `policy show` prints it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PolicyView {
+    pub source: String,
+    pub rules: Vec<RuleView>,
+    pub options: Options,
+    pub peers: Vec<PeerEntry>,
+    /// Notes about the built-in profile's source document, when it is in use.
+    pub notes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RuleView {
+    pub id: String,
+    pub from: String,
+    pub to: String,
+    pub proto: String,
+    pub ports: String,
+    pub origin: String,
+}

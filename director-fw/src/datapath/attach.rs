@@ -1,0 +1,129 @@
+//! Attaching a program to an interface as a BPF link, which can be pinned so that the
+//! attachment outlives the agent, and replacing the program under a pinned link atomically
+//! (`BPF_LINK_UPDATE`) when a new object takes over.
+
+use aya::programs::{
+    links::{FdLink, PinnedLink},
+    tc::{SchedClassifierLink, TcAttachType},
+    xdp::XdpLink,
+    XdpMode,
+};
+use serde::{Deserialize, Serialize};
+
+use super::{load::Programs, Datapath, DatapathError};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AttachMode {
+    /// Native (driver) XDP; falls back to generic XDP where the driver has no XDP support.
+    Xdp,
+    /// Generic (skb) XDP.
+    XdpGeneric,
+    /// TC ingress (TCX).
+    Tc,
+}
+
+impl AttachMode {
+    pub const ALL: [AttachMode; 3] = [AttachMode::Xdp, AttachMode::XdpGeneric, AttachMode::Tc];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            AttachMode::Xdp => "xdp",
+            AttachMode::XdpGeneric => "xdp-generic",
+            AttachMode::Tc => "tc",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<AttachMode> {
+        AttachMode::ALL.into_iter().find(|m| m.name() == name)
+    }
+
+    /// The program this mode attaches.
+    pub fn programs(self) -> Programs {
+        match self {
+            AttachMode::Xdp | AttachMode::XdpGeneric => Programs::Xdp,
+            AttachMode::Tc => Programs::Tc,
+        }
+    }
+}
+
+/// Looks the name up in the caller's network namespace (unlike /sys/class/net, which
+/// belongs to the mount namespace).
+fn interface_exists(iface: &str) -> bool {
+    let Ok(name) = std::ffi::CString::new(iface) else {
+        return false;
+    };
+    // SAFETY: a valid NUL-terminated string; the call only reads it.
+    unsafe { libc::if_nametoindex(name.as_ptr()) != 0 }
+}
+
+impl Datapath {
+    /// Attaches to one interface and hands back the link, for the caller to pin. Native XDP
+    /// that the driver cannot do falls back to generic XDP; the returned message says so.
+    pub fn attach(
+        &mut self,
+        iface: &str,
+        mode: AttachMode,
+    ) -> Result<(FdLink, Option<String>), DatapathError> {
+        if !interface_exists(iface) {
+            return Err(DatapathError::NoInterface(iface.to_string()));
+        }
+        let attach_err = |mode: AttachMode, source| DatapathError::Attach {
+            iface: iface.to_string(),
+            mode: mode.name(),
+            source,
+        };
+        let not_a_link = |_| DatapathError::NotALink {
+            iface: iface.to_string(),
+        };
+        match mode {
+            AttachMode::Xdp | AttachMode::XdpGeneric => {
+                let xdp = self.xdp_mut()?;
+                let mut warning = None;
+                let id = match (mode, xdp.attach(iface, XdpMode::Driver)) {
+                    (AttachMode::Xdp, Ok(id)) => id,
+                    (AttachMode::Xdp, Err(native)) => {
+                        warning = Some(format!(
+                            "{iface}: native XDP is not available ({native}); attached in generic (skb) mode instead, which is slower. Use --mode tc or a driver with XDP support for line rate."
+                        ));
+                        xdp.attach(iface, XdpMode::Skb)
+                            .map_err(|e| attach_err(AttachMode::XdpGeneric, e))?
+                    }
+                    _ => xdp
+                        .attach(iface, XdpMode::Skb)
+                        .map_err(|e| attach_err(mode, e))?,
+                };
+                let link = xdp.take_link(id)?;
+                Ok((FdLink::try_from(link).map_err(not_a_link)?, warning))
+            }
+            AttachMode::Tc => {
+                let tc = self.tc_mut()?;
+                let id = tc
+                    .attach(iface, TcAttachType::Ingress)
+                    .map_err(|e| attach_err(mode, e))?;
+                let link = tc.take_link(id)?;
+                Ok((FdLink::try_from(link).map_err(not_a_link)?, None))
+            }
+        }
+    }
+
+    /// Puts this datapath's program under a pinned link in place of the one there, in one
+    /// step: packets see the old program or the new one, and the link (and its pin) stays.
+    pub fn replace(&mut self, link: PinnedLink, mode: AttachMode) -> Result<(), DatapathError> {
+        let link = FdLink::from(link);
+        match mode {
+            AttachMode::Xdp | AttachMode::XdpGeneric => {
+                let xdp = self.xdp_mut()?;
+                let id = xdp.attach_to_link(XdpLink::try_from(link)?)?;
+                // Taken back so that dropping the program does not detach it; the pin holds it.
+                drop(FdLink::try_from(xdp.take_link(id)?)?);
+            }
+            AttachMode::Tc => {
+                let tc = self.tc_mut()?;
+                let id = tc.attach_to_link(SchedClassifierLink::try_from(link)?)?;
+                drop(FdLink::try_from(tc.take_link(id)?)?);
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,280 @@
+//! The instance's pins under bpffs, which keep the datapath enforcing when no agent runs:
+//!
+//! ```text
+//! /sys/fs/bpf/director-fw/INSTANCE/
+//!   maps/MAP                 every map (director_fw_common::maps::ALL)
+//!   progs/PROGRAM@OBJECT     the attached program; OBJECT is the id of the object it came from
+//!   links/MODE:IFACE         one BPF link per interface (MODE: xdp, xdp-generic or tc)
+//! ```
+//!
+//! A link pin keeps its attachment alive after the agent exits, and the link keeps its
+//! program and, through it, every map. Map pins let a restarted agent write the live maps
+//! (adoption); the program's pin names the object, so an agent can tell an upgrade.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    maps::{Map, MapData, MapType},
+    programs::links::{FdLink, PinnedLink},
+};
+use director_fw_common::{maps, verdict::COUNTER_SLOTS, Counter, FlowKey, FlowState, FragKey, FragState};
+
+use super::{
+    io, load::data, swap::PolicyMaps, AttachMode, Counters, Datapath, DatapathError,
+};
+
+/// A pinned link: the interface it attaches to and how.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkPin {
+    pub mode: AttachMode,
+    pub iface: String,
+    pub path: PathBuf,
+}
+
+/// The live datapath, opened from its pins.
+pub struct Adopted {
+    pub policy: PolicyMaps,
+    pub counters: Counters,
+    pub links: Vec<LinkPin>,
+}
+
+pub struct Pins {
+    dir: PathBuf,
+}
+
+const ADVICE: &str = "It was left by a director-fw whose flow or counter layout differs. Run `director-fw detach --yes` (the gateway passes everything until the agent starts again), then start the agent.";
+
+impl Pins {
+    pub fn new(dir: PathBuf) -> Pins {
+        Pins { dir }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn maps_dir(&self) -> PathBuf {
+        self.dir.join("maps")
+    }
+
+    fn links_dir(&self) -> PathBuf {
+        self.dir.join("links")
+    }
+
+    fn progs_dir(&self) -> PathBuf {
+        self.dir.join("progs")
+    }
+
+    pub fn map(&self, name: &str) -> PathBuf {
+        self.maps_dir().join(name)
+    }
+
+    fn link(&self, mode: AttachMode, iface: &str) -> PathBuf {
+        self.links_dir().join(format!("{}:{iface}", mode.name()))
+    }
+
+    /// The pinned links, by interface name.
+    pub fn links(&self) -> Result<Vec<LinkPin>, DatapathError> {
+        let dir = self.links_dir();
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(err) => return Err(io(dir.display())(err)),
+        };
+        let mut links = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(io(dir.display()))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let parsed = name
+                .split_once(':')
+                .and_then(|(mode, iface)| Some((AttachMode::from_name(mode)?, iface)));
+            let Some((mode, iface)) = parsed else {
+                return Err(DatapathError::Pins(format!(
+                    "{}: not a link this agent pins (MODE:IFACE)",
+                    entry.path().display()
+                )));
+            };
+            links.push(LinkPin {
+                mode,
+                iface: iface.to_string(),
+                path: entry.path(),
+            });
+        }
+        links.sort_by(|a, b| a.iface.cmp(&b.iface));
+        Ok(links)
+    }
+
+    /// The id of the object whose program the links run, from the program's pin.
+    pub fn object_id(&self) -> Option<String> {
+        let entries = fs::read_dir(self.progs_dir()).ok()?;
+        entries
+            .filter_map(Result::ok)
+            .find_map(|e| Some(e.file_name().to_str()?.split_once('@')?.1.to_string()))
+    }
+
+    /// Whether anything of the instance is pinned.
+    pub fn exist(&self) -> bool {
+        self.dir.exists()
+    }
+
+    /// Checks that the pinned flow, fragment and counter maps are what this agent's object
+    /// declares, so that a new program can take them over. The kernel itself would accept a
+    /// map of another size and then misread it.
+    pub fn check_state_layout(&self) -> Result<(), DatapathError> {
+        use std::mem::size_of;
+        let expect = [
+            (maps::FLOWS, MapType::LruHash, size_of::<FlowKey>(), size_of::<FlowState>(), None),
+            (maps::FRAGS, MapType::LruHash, size_of::<FragKey>(), size_of::<FragState>(), None),
+            (
+                maps::COUNTERS,
+                MapType::PerCpuArray,
+                4,
+                size_of::<Counter>(),
+                Some(COUNTER_SLOTS),
+            ),
+        ];
+        for (name, kind, key, value, entries) in expect {
+            let path = self.map(name);
+            let info = MapData::from_pin(&path)?.info()?;
+            let found_kind = info.map_type()?;
+            let ok = found_kind == kind
+                && info.key_size() as usize == key
+                && info.value_size() as usize == value
+                && entries.is_none_or(|n| info.max_entries() == n);
+            if !ok {
+                return Err(DatapathError::Layout {
+                    path: path.display().to_string(),
+                    found: format!(
+                        "{found_kind:?}, key {} B, value {} B, {} entries",
+                        info.key_size(),
+                        info.value_size(),
+                        info.max_entries()
+                    ),
+                    needs: format!(
+                        "{kind:?}, key {key} B, value {value} B{}",
+                        entries.map_or(String::new(), |n| format!(", {n} entries"))
+                    ),
+                    advice: ADVICE,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Opens the live policy and counter maps, when the pins are complete and come from the
+    /// object `object_id`.
+    pub fn adopt(&self, object_id: &str) -> Result<Option<Adopted>, DatapathError> {
+        if self.object_id().as_deref() != Some(object_id) {
+            return Ok(None);
+        }
+        if maps::ALL.iter().any(|name| !self.map(name).exists()) {
+            return Ok(None);
+        }
+        let open = |name: &'static str| -> Result<Map, DatapathError> {
+            Ok(Map::from_map_data(MapData::from_pin(self.map(name))?)?)
+        };
+        let policy = PolicyMaps::adopt(&mut |name| open(name))?;
+        Ok(Some(Adopted {
+            policy,
+            counters: Counters::new(open(maps::COUNTERS)?),
+            links: self.links()?,
+        }))
+    }
+
+    /// Pins a newly loaded datapath and its new links. Called once every interface is
+    /// attached, so that a failed start leaves no pins behind.
+    pub fn commit(
+        &self,
+        datapath: &mut Datapath,
+        links: Vec<(AttachMode, String, FdLink)>,
+    ) -> Result<(), DatapathError> {
+        for dir in [self.maps_dir(), self.links_dir(), self.progs_dir()] {
+            fs::create_dir_all(&dir).map_err(io(dir.display()))?;
+        }
+        self.pin_maps(datapath)?;
+        for (mode, iface, link) in links {
+            link.pin(self.link(mode, &iface))?;
+        }
+        Ok(())
+    }
+
+    /// Pins new links of an adopted datapath.
+    pub fn pin_links(&self, links: Vec<(AttachMode, String, FdLink)>) -> Result<(), DatapathError> {
+        let dir = self.links_dir();
+        fs::create_dir_all(&dir).map_err(io(dir.display()))?;
+        for (mode, iface, link) in links {
+            link.pin(self.link(mode, &iface))?;
+        }
+        Ok(())
+    }
+
+    /// Hands the pinned links to a new object: its program replaces the old one on each link,
+    /// and its policy maps and program take the old pins' places. The state maps were shared.
+    pub fn take_over(&self, datapath: &mut Datapath) -> Result<Vec<LinkPin>, DatapathError> {
+        let links = self.links()?;
+        for link in &links {
+            let pinned = PinnedLink::from_pin(&link.path)?;
+            datapath.replace(pinned, link.mode)?;
+        }
+        // From here on the links run the new program and its maps: repin them over the old.
+        for name in maps::ALL.iter().filter(|n| !maps::STATE.contains(n)) {
+            let _ = fs::remove_file(self.map(name));
+        }
+        if let Ok(entries) = fs::read_dir(self.progs_dir()) {
+            for entry in entries.filter_map(Result::ok) {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+        for dir in [self.maps_dir(), self.progs_dir()] {
+            fs::create_dir_all(&dir).map_err(io(dir.display()))?;
+        }
+        self.pin_maps(datapath)?;
+        Ok(links)
+    }
+
+    fn pin_maps(&self, datapath: &mut Datapath) -> Result<(), DatapathError> {
+        datapath.policy.pin(self)?;
+        for (name, map) in [
+            (maps::FLOWS, &datapath.state.flows),
+            (maps::FRAGS, &datapath.state.frags),
+            (maps::COUNTERS, datapath.state.counters.map()),
+        ] {
+            if !self.map(name).exists() {
+                data(map)?.pin(self.map(name))?;
+            }
+        }
+        if let Some(map) = datapath.ebpf.map(maps::LAST_VERDICT) {
+            if !self.map(maps::LAST_VERDICT).exists() {
+                map.pin(self.map(maps::LAST_VERDICT))?;
+            }
+        }
+        let id = datapath.object_id().to_string();
+        for (name, program) in datapath.ebpf.programs_mut() {
+            if program.fd().is_ok() {
+                program.pin(self.progs_dir().join(format!("{name}@{id}")))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Removes the instance's links, which detaches its programs from every interface, and then
+/// every pin. This is the explicit fail-open: afterwards the interfaces pass everything.
+/// Returns the interfaces it detached from.
+pub fn detach(pins: &Pins) -> Result<Vec<String>, DatapathError> {
+    let links = pins.links()?;
+    for link in &links {
+        match PinnedLink::from_pin(&link.path) {
+            // Unpinning drops the last reference the instance holds: the link detaches.
+            Ok(pinned) => drop(pinned.unpin().map_err(io(link.path.display()))?),
+            Err(_) => fs::remove_file(&link.path).map_err(io(link.path.display()))?,
+        }
+    }
+    if pins.dir.exists() {
+        fs::remove_dir_all(&pins.dir).map_err(io(pins.dir.display()))?;
+    }
+    Ok(links.into_iter().map(|l| l.iface).collect())
+}
