@@ -129,7 +129,8 @@ pub fn ensure_bpffs() -> Result<(), InstanceError> {
     let path = std::ffi::CString::new(BPFFS).expect("no NUL");
     // SAFETY: statfs fills a zeroed struct from a valid path.
     let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statfs(path.as_ptr(), &mut stat) } == 0 && stat.f_type as i64 == BPF_FS_MAGIC {
+    if unsafe { libc::statfs(path.as_ptr(), &mut stat) } == 0 && stat.f_type as i64 == BPF_FS_MAGIC
+    {
         return Ok(());
     }
     let namespace = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();

@@ -476,10 +476,7 @@ fn counters_count_packets_and_bytes() {
     let after = k.counter(slot);
     assert_eq!(after.packets - before.packets, 3);
     assert_eq!(after.bytes - before.bytes, 3 * frame.len() as u64);
-    assert_eq!(
-        k.counter(drop_slot).packets - drops_before.packets,
-        1
-    );
+    assert_eq!(k.counter(drop_slot).packets - drops_before.packets, 1);
 }
 
 #[test]

@@ -1,24 +1,20 @@
 //! End to end in the network-namespace lab (SPEC section 6): the real agent binary runs in the
 //! lab's gateway namespace with the built-in profile and the lab's hosts as peers, and real
 //! TCP/UDP connections between the hosts must pass or fail exactly as the policy says, over
-//! IPv4 and IPv6, in XDP and in TC mode. Afterwards `stats --json` must show the traffic, and
-//! stopping the agent must remove its pins.
+//! IPv4 and IPv6, in XDP and in TC mode. Afterwards `stats --json` must show the traffic;
+//! stopping the agent must leave the datapath enforcing, and `detach` must remove it.
 
 mod common;
 
-use std::ffi::OsStr;
-use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::root_or_skip;
-use director_fw_lab::{agent_pin_dir, tcp_exchange, udp_exchange, Agent, AgentOptions, Lab, Role};
+use common::{lab_run::LabRun, root_or_skip};
+use director_fw_lab::{agent_pin_dir, tcp_exchange, udp_exchange, Agent, Lab, Role};
 use serde_json::Value;
 
 use Role::{Director, EdgeInternal, FrontEnd, InternalClients, Outsider, ReverseProxy};
 
-const AGENT: &str = env!("CARGO_BIN_EXE_director-fw");
 /// Connections that should work finish in milliseconds; this only bounds a failure.
 const PASS_TIMEOUT: Duration = Duration::from_secs(2);
 /// Connections that should fail: short, so that a dropped IPv6 SYN reads as "no connection"
@@ -108,10 +104,10 @@ fn lab_enforces_the_profile_in_tc_mode() {
 
 fn enforce_the_profile(mode: &str) {
     let started = Instant::now();
-    let instance = format!("labtest-{}-{mode}", std::process::id());
-    let pin_dir = agent_pin_dir(&instance);
+    let pin_dir;
     {
-        let mut run = LabRun::start(&instance, mode);
+        let mut run = LabRun::start(&format!("labtest-{mode}"), mode, Lab::peers_toml, "");
+        pin_dir = agent_pin_dir(run.name());
         eprintln!(
             "[{mode}] lab {} up, agent enforcing after {:.1?}",
             run.lab.prefix(),
@@ -124,14 +120,28 @@ fn enforce_the_profile(mode: &str) {
             failures.extend(check_open(&run.lab, ipv6, ip));
             failures.extend(check_denied(&run.lab, ipv6, ip));
         }
-        failures.extend(check_stats(&instance));
+        failures.extend(check_stats(&run));
 
-        let status = run.stop_agent();
+        let status = run
+            .agent
+            .take()
+            .and_then(|mut a| a.stop(Agent::STOP_TIMEOUT));
         match status {
             Some(status) if status.success() => {}
             other => failures.push(format!(
                 "the agent did not exit cleanly on SIGTERM: {other:?}"
             )),
+        }
+        // The agent is gone; the datapath is not.
+        if !pin_dir.join("links").exists() {
+            failures.push(format!("{} went with the agent", pin_dir.display()));
+        }
+        let (rp, dir) = (run.lab.host(ReverseProxy), run.lab.host(Director));
+        if !matches!(tcp_exchange(rp, dir, 4443, false, PASS_TIMEOUT), Ok(true)) {
+            failures.push("after SIGTERM: an allowed connection failed".into());
+        }
+        if !matches!(tcp_exchange(rp, dir, 22, false, DROP_TIMEOUT), Ok(false)) {
+            failures.push("after SIGTERM: a denied connection got through".into());
         }
         assert!(
             failures.is_empty(),
@@ -139,18 +149,12 @@ fn enforce_the_profile(mode: &str) {
             failures.len(),
             failures.join("\n  ")
         );
-        // `run` drops here: the policy file and the lab go.
+        // `run` drops here: `detach`, then the policy file and the lab go.
     }
     assert!(
         !pin_dir.exists(),
-        "{} is still there after the agent stopped",
+        "{} is still there after detach",
         pin_dir.display()
-    );
-    let info = Path::new("/run/director-fw").join(format!("{instance}.json"));
-    assert!(
-        !info.exists(),
-        "{} is still there after the agent stopped",
-        info.display()
     );
     eprintln!("[{mode}] passed in {:.1?}", started.elapsed());
 }
@@ -231,24 +235,8 @@ fn check_denied(lab: &Lab, ipv6: bool, ip: &str) -> Vec<String> {
 
 /// `stats --json` shows packets for every rule (all were exercised), for the flow and
 /// unprotected passes, and for `no-rule` drops.
-fn check_stats(instance: &str) -> Vec<String> {
-    let out = Command::new(AGENT)
-        .args(["--instance", instance, "stats", "--json"])
-        .stdin(Stdio::null())
-        .output()
-        .expect("running director-fw stats --json");
-    assert!(
-        out.status.success(),
-        "director-fw stats --json failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    let stats: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "stats --json printed no JSON ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    });
+fn check_stats(run: &LabRun) -> Vec<String> {
+    let stats: Value = run.json(&["stats", "--json"]);
     let packets = |section: &str, key: &str, name: &str, audit: Option<bool>| -> Option<u64> {
         stats[section]
             .as_array()?
@@ -282,72 +270,7 @@ fn check_stats(instance: &str) -> Vec<String> {
         other => failures.push(format!("stats: drop no-rule counted {other:?} packets")),
     }
     if !failures.is_empty() {
-        failures.push(format!(
-            "stats were: {}",
-            String::from_utf8_lossy(&out.stdout)
-        ));
+        failures.push(format!("stats were: {stats}"));
     }
     failures
-}
-
-/// The lab, the policy file and the agent of one test. Dropping it, also during a panic,
-/// stops the agent (by PID), removes the policy file and then deletes the lab.
-struct LabRun {
-    agent: Option<Agent>,
-    policy_file: PathBuf,
-    lab: Lab,
-}
-
-impl LabRun {
-    fn start(instance: &str, mode: &str) -> LabRun {
-        let lab = Lab::new().expect("building the lab");
-        let policy_file = std::env::temp_dir().join(format!("director-fw-{instance}.toml"));
-        let mut run = LabRun {
-            agent: None,
-            policy_file,
-            lab,
-        };
-        let policy = format!(
-            "profile = \"lync2013-single-director\"\n\n{}",
-            run.lab.peers_toml()
-        );
-        std::fs::write(&run.policy_file, policy).expect("writing the policy file");
-        let ifaces = run.lab.gateway_ifaces();
-        let mut args = vec!["--instance", instance, "run"];
-        for iface in &ifaces {
-            args.extend(["--iface", iface]);
-        }
-        args.extend(["--mode", mode, "--policy"]);
-        let args = args
-            .into_iter()
-            .map(OsStr::new)
-            .chain([run.policy_file.as_os_str()]);
-        let options = AgentOptions {
-            on_line: Some(Box::new(|line| eprintln!("  agent | {line}"))),
-            ..AgentOptions::default()
-        };
-        let agent = Agent::start(run.lab.gateway_ns(), Path::new(AGENT), args, options)
-            .expect("starting the agent via nsenter");
-        // From here on, Drop stops the agent whatever happens.
-        let agent = run.agent.insert(agent);
-        if let Err(e) = agent.wait_enforcing(instance, Agent::START_TIMEOUT) {
-            panic!("{e:#}");
-        }
-        run
-    }
-
-    /// Stops the agent now; `None` if it had to be killed or could not be waited for.
-    fn stop_agent(&mut self) -> Option<ExitStatus> {
-        self.agent
-            .take()
-            .and_then(|mut agent| agent.stop(Agent::STOP_TIMEOUT))
-    }
-}
-
-impl Drop for LabRun {
-    fn drop(&mut self) {
-        drop(self.agent.take());
-        let _ = std::fs::remove_file(&self.policy_file);
-        // `lab` drops after this, deleting the namespaces.
-    }
 }

@@ -82,8 +82,9 @@ impl Agent {
             } => explain::explain(&self.effective, src, dst, proto, sport, dport)
                 .map(Response::Explain)
                 .map_err(AgentError::Refused),
-            Request::Detach => super::detach(&self.instance)
-                .map(|interfaces| Response::Detached { interfaces }),
+            Request::Detach => {
+                super::detach(&self.instance).map(|interfaces| Response::Detached { interfaces })
+            }
         };
         result.unwrap_or_else(|err| Response::Error {
             message: err.to_string(),
@@ -122,7 +123,10 @@ impl Agent {
         if let Err(err) = installed {
             // The kernel did not change; neither does the saved state.
             if let Err(undo) = self.state.save(&path) {
-                eprintln!("director-fw: warning: could not restore {}: {undo}", path.display());
+                eprintln!(
+                    "director-fw: warning: could not restore {}: {undo}",
+                    path.display()
+                );
             }
             return Err(err);
         }
@@ -219,14 +223,18 @@ impl Agent {
         let to = pending.previous.policy.source.clone();
         match self.commit(pending.previous, self.state.peers.clone(), None) {
             Ok(()) => eprintln!("director-fw: no `policy confirm` in time: reverted to {to}"),
-            Err(err) => eprintln!("director-fw: error: reverting to {to} failed, the reloaded policy stays: {err}"),
+            Err(err) => eprintln!(
+                "director-fw: error: reverting to {to} failed, the reloaded policy stays: {err}"
+            ),
         }
     }
 
     pub(super) fn reload_on_signal(&mut self) {
         match self.reload(None, None) {
             Ok(what) => eprintln!("director-fw: SIGHUP: {what}"),
-            Err(err) => eprintln!("director-fw: error: SIGHUP reload refused, nothing changed: {err}"),
+            Err(err) => {
+                eprintln!("director-fw: error: SIGHUP reload refused, nothing changed: {err}")
+            }
         }
     }
 
@@ -249,7 +257,10 @@ impl Agent {
             last_change: timestamp(self.last_change),
             pending_confirm: self.pending.as_ref().map(|p| PendingConfirm {
                 revert_to: p.previous.policy.source.clone(),
-                seconds_left: p.deadline.saturating_duration_since(Instant::now()).as_secs(),
+                seconds_left: p
+                    .deadline
+                    .saturating_duration_since(Instant::now())
+                    .as_secs(),
             }),
             object: self.object_id.clone(),
         }

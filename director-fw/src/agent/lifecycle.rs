@@ -187,7 +187,10 @@ pub(super) fn take_over(
     dp.policy.install(compiled)?;
     let pinned = pins.take_over(&mut dp)?;
     let mut links = Vec::new();
-    for iface in ifaces.iter().filter(|i| !pinned.iter().any(|l| &&l.iface == i)) {
+    for iface in ifaces
+        .iter()
+        .filter(|i| !pinned.iter().any(|l| &&l.iface == i))
+    {
         let (link, warning) = dp.attach(iface, mode)?;
         if let Some(warning) = warning {
             eprintln!("director-fw: warning: {warning}");

@@ -26,7 +26,7 @@ pub use state::{State, StateError};
 use crate::{
     datapath::{AttachMode, Counters, DatapathError, Pins, PolicyMaps},
     instance::{Instance, InstanceError, Lock},
-    policy::{Policy, PolicyError, PeerError},
+    policy::{PeerError, Policy, PolicyError},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -68,8 +68,8 @@ impl Source {
             });
         };
         let file = std::path::absolute(file).unwrap_or(file.clone());
-        let text = std::fs::read_to_string(&file)
-            .map_err(|err| PolicyError::unreadable(&file, &err))?;
+        let text =
+            std::fs::read_to_string(&file).map_err(|err| PolicyError::unreadable(&file, &err))?;
         let policy = Policy::from_toml(&file.display().to_string(), &text)?;
         Ok(Source {
             sha256: hex(&Sha256::digest(text.as_bytes())),

@@ -37,7 +37,9 @@ pub enum StateError {
         path: PathBuf,
         source: serde_json::Error,
     },
-    #[error("{path}: state version {found}, this agent knows {VERSION}; use the agent that wrote it")]
+    #[error(
+        "{path}: state version {found}, this agent knows {VERSION}; use the agent that wrote it"
+    )]
     Version { path: PathBuf, found: u32 },
 }
 
@@ -114,7 +116,10 @@ mod tests {
         assert!(!path.with_extension("json.tmp").exists());
         std::fs::write(&path, "{ not json").unwrap();
         let err = State::load(&path).unwrap_err().to_string();
-        assert!(err.contains("state.json") && err.contains("move it away"), "{err}");
+        assert!(
+            err.contains("state.json") && err.contains("move it away"),
+            "{err}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

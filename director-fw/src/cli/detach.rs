@@ -31,7 +31,10 @@ pub fn run(instance: &Instance, args: Args) -> Result<()> {
         Err(err) => return Err(err.into()),
     };
     if interfaces.is_empty() {
-        println!("instance {:?}: nothing was attached; pins removed", instance.name);
+        println!(
+            "instance {:?}: nothing was attached; pins removed",
+            instance.name
+        );
     } else {
         println!(
             "instance {:?}: detached from {}; they pass everything now",

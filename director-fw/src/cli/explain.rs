@@ -53,7 +53,10 @@ pub fn run(instance: &Instance, args: Args) -> Result<()> {
         _ => String::new(),
     };
     println!("{} {}", e.verdict, why);
-    for (side, addr, peers) in [("source", args.src, &e.src_peers), ("destination", args.dst, &e.dst_peers)] {
+    for (side, addr, peers) in [
+        ("source", args.src, &e.src_peers),
+        ("destination", args.dst, &e.dst_peers),
+    ] {
         if peers.is_empty() {
             println!("  {side} {addr}: in no role");
         }

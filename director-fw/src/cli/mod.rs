@@ -56,6 +56,12 @@ enum Command {
 
 pub fn dispatch(cli: Cli) -> Result<()> {
     let instance = Instance::new(&cli.instance)?;
+    if !matches!(cli.command, Command::Run(_)) {
+        // A command's output piped into `head` ends quietly, as for other Unix tools. Not
+        // for the agent: a client that hangs up must not kill it.
+        // SAFETY: sets a signal disposition before any thread exists.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     match cli.command {
         Command::Run(args) => run::run(instance, args),
         Command::Status(args) => status::run(&instance, args),

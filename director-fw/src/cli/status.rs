@@ -26,13 +26,33 @@ pub fn run(instance: &Instance, args: Args) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&status)?);
         return Ok(());
     }
-    println!("agent:        pid {} ({} the datapath at {})", status.pid, status.start, status.started_at);
-    println!("interfaces:   {} ({} mode)", status.interfaces.join(", "), status.mode);
+    println!(
+        "agent:        pid {} ({} the datapath at {})",
+        status.pid, status.start, status.started_at
+    );
+    println!(
+        "interfaces:   {} ({} mode)",
+        status.interfaces.join(", "),
+        status.mode
+    );
     println!("policy:       {}", status.policy.source);
     println!("sha256:       {}", status.policy.sha256);
-    println!("peers:        {} ({} added at runtime)", status.peers, status.runtime_peers);
-    println!("audit:        {}", if status.audit { "on: nothing is dropped" } else { "off" });
-    println!("last change:  {} (generation {})", status.last_change, status.generation);
+    println!(
+        "peers:        {} ({} added at runtime)",
+        status.peers, status.runtime_peers
+    );
+    println!(
+        "audit:        {}",
+        if status.audit {
+            "on: nothing is dropped"
+        } else {
+            "off"
+        }
+    );
+    println!(
+        "last change:  {} (generation {})",
+        status.last_change, status.generation
+    );
     if let Some(p) = &status.pending_confirm {
         println!(
             "PENDING:      reverts to {} in {} s unless `director-fw policy confirm`",

@@ -65,6 +65,11 @@ impl Connection {
     /// that refuses it.
     pub async fn request(&mut self) -> Result<Request, Response> {
         let refuse = |message: String| Response::Error { message };
+        // The request is read first, also from a caller that is then refused, so that the
+        // caller is done writing when the refusal comes.
+        let mut line = String::new();
+        let mut reader = BufReader::new((&mut self.stream).take(MAX_REQUEST as u64));
+        let read = tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line)).await;
         let cred = self
             .stream
             .peer_cred()
@@ -75,9 +80,7 @@ impl Connection {
                 cred.uid()
             )));
         }
-        let mut line = String::new();
-        let mut reader = BufReader::new((&mut self.stream).take(MAX_REQUEST as u64));
-        match tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line)).await {
+        match read {
             Ok(Ok(_)) => {}
             Ok(Err(err)) => return Err(refuse(format!("reading the request: {err}"))),
             Err(_) => return Err(refuse("no request within 5 s".into())),

@@ -132,10 +132,12 @@ impl Datapath {
         trace: bool,
         reuse: Option<&Pins>,
     ) -> Result<Datapath, DatapathError> {
-        let trace = u8::from(trace);
         let mut loader = EbpfLoader::new();
+        if trace {
+            // Otherwise the object's own value stands (0 in the built-in object).
+            loader.override_global(maps::TRACE_GLOBAL, &1u8, true);
+        }
         loader
-            .override_global(maps::TRACE_GLOBAL, &trace, true)
             .map_max_entries(maps::FLOWS, flow_table_size)
             .map_max_entries(maps::FRAGS, DEFAULT_FRAGS);
         for name in maps::ALL {

@@ -19,7 +19,8 @@ pub use attach::AttachMode;
 pub use counters::Counters;
 pub use load::{object_id, Capacity, Datapath, Programs, OBJECT};
 pub use pins::{detach, Adopted, LinkPin, Pins};
-pub use swap::{Installed, PolicyMaps};
+pub use swap::{Installed, PolicyMaps, Snapshot};
+pub use testrun::PinnedProgram;
 
 use aya::programs::ProgramError;
 

@@ -20,10 +20,15 @@ use aya::{
     maps::{Map, MapData, MapType},
     programs::links::{FdLink, PinnedLink},
 };
-use director_fw_common::{maps, verdict::COUNTER_SLOTS, Counter, FlowKey, FlowState, FragKey, FragState};
+use director_fw_common::{
+    maps, verdict::COUNTER_SLOTS, Counter, FlowKey, FlowState, FragKey, FragState,
+};
 
 use super::{
-    io, load::data, swap::PolicyMaps, AttachMode, Counters, Datapath, DatapathError,
+    io,
+    load::data,
+    swap::{PolicyMaps, Snapshot},
+    AttachMode, Counters, Datapath, DatapathError,
 };
 
 /// A pinned link: the interface it attaches to and how.
@@ -115,6 +120,22 @@ impl Pins {
             .find_map(|e| Some(e.file_name().to_str()?.split_once('@')?.1.to_string()))
     }
 
+    /// The pin of the program `name`, whatever object it came from.
+    pub fn program_path(&self, name: &str) -> Option<PathBuf> {
+        let entries = fs::read_dir(self.progs_dir()).ok()?;
+        entries.filter_map(Result::ok).map(|e| e.path()).find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.split_once('@'))
+                .is_some_and(|(program, _)| program == name)
+        })
+    }
+
+    /// The policy the pinned maps hold in force, read back from the kernel (for tests).
+    pub fn snapshot(&self) -> Result<Snapshot, DatapathError> {
+        PolicyMaps::adopt(&mut |name| self.open(name))?.snapshot()
+    }
+
     /// Whether anything of the instance is pinned.
     pub fn exist(&self) -> bool {
         self.dir.exists()
@@ -126,8 +147,20 @@ impl Pins {
     pub fn check_state_layout(&self) -> Result<(), DatapathError> {
         use std::mem::size_of;
         let expect = [
-            (maps::FLOWS, MapType::LruHash, size_of::<FlowKey>(), size_of::<FlowState>(), None),
-            (maps::FRAGS, MapType::LruHash, size_of::<FragKey>(), size_of::<FragState>(), None),
+            (
+                maps::FLOWS,
+                MapType::LruHash,
+                size_of::<FlowKey>(),
+                size_of::<FlowState>(),
+                None,
+            ),
+            (
+                maps::FRAGS,
+                MapType::LruHash,
+                size_of::<FragKey>(),
+                size_of::<FragState>(),
+                None,
+            ),
             (
                 maps::COUNTERS,
                 MapType::PerCpuArray,
@@ -173,15 +206,16 @@ impl Pins {
         if maps::ALL.iter().any(|name| !self.map(name).exists()) {
             return Ok(None);
         }
-        let open = |name: &'static str| -> Result<Map, DatapathError> {
-            Ok(Map::from_map_data(MapData::from_pin(self.map(name))?)?)
-        };
-        let policy = PolicyMaps::adopt(&mut |name| open(name))?;
+        let policy = PolicyMaps::adopt(&mut |name| self.open(name))?;
         Ok(Some(Adopted {
             policy,
-            counters: Counters::new(open(maps::COUNTERS)?),
+            counters: Counters::new(self.open(maps::COUNTERS)?),
             links: self.links()?,
         }))
+    }
+
+    fn open(&self, name: &'static str) -> Result<Map, DatapathError> {
+        Ok(Map::from_map_data(MapData::from_pin(self.map(name))?)?)
     }
 
     /// Pins a newly loaded datapath and its new links. Called once every interface is

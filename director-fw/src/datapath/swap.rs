@@ -17,9 +17,7 @@ use std::{
 };
 
 use aya::maps::{lpm_trie::Key, Array, HashMap as BpfHashMap, LpmTrie, Map};
-use director_fw_common::{
-    config::GENERATIONS, maps, Config, HostV4, HostV6, RuleKey, TableMasks,
-};
+use director_fw_common::{config::GENERATIONS, maps, Config, HostV4, HostV6, RuleKey, TableMasks};
 use serde::Serialize;
 
 use super::{load::Capacity, mmap::Mapped, pins::Pins, DatapathError};
@@ -166,7 +164,8 @@ impl PolicyMaps {
             let (key, roles) = item?;
             let [generation, a, b, c, d] = key.data();
             if let Some(h) = held.get_mut(generation as usize) {
-                h.nets_v6.insert((key.prefix_len() - 32, [a, b, c, d]), roles);
+                h.nets_v6
+                    .insert((key.prefix_len() - 32, [a, b, c, d]), roles);
             }
         }
         let rules: BpfHashMap<_, RuleKey, u32> = BpfHashMap::try_from(&self.rules)?;
@@ -194,13 +193,41 @@ impl PolicyMaps {
         let c = &self.capacity;
         let now = &self.held[self.generation as usize];
         let checks = [
-            ("IPv4 host table buckets", compiled.hosts_v4.seeds.len(), c.seeds_v4 as usize),
-            ("IPv4 host table slots", compiled.hosts_v4.slots.len(), c.slots_v4 as usize),
-            ("IPv6 host table buckets", compiled.hosts_v6.seeds.len(), c.seeds_v6 as usize),
-            ("IPv6 host table slots", compiled.hosts_v6.slots.len(), c.slots_v6 as usize),
-            ("IPv4 prefixes", now.nets_v4.len() + compiled.nets_v4.len(), c.nets_v4 as usize),
-            ("IPv6 prefixes", now.nets_v6.len() + compiled.nets_v6.len(), c.nets_v6 as usize),
-            ("rule entries", now.rules.len() + compiled.rules.len(), c.rules as usize),
+            (
+                "IPv4 host table buckets",
+                compiled.hosts_v4.seeds.len(),
+                c.seeds_v4 as usize,
+            ),
+            (
+                "IPv4 host table slots",
+                compiled.hosts_v4.slots.len(),
+                c.slots_v4 as usize,
+            ),
+            (
+                "IPv6 host table buckets",
+                compiled.hosts_v6.seeds.len(),
+                c.seeds_v6 as usize,
+            ),
+            (
+                "IPv6 host table slots",
+                compiled.hosts_v6.slots.len(),
+                c.slots_v6 as usize,
+            ),
+            (
+                "IPv4 prefixes",
+                now.nets_v4.len() + compiled.nets_v4.len(),
+                c.nets_v4 as usize,
+            ),
+            (
+                "IPv6 prefixes",
+                now.nets_v6.len() + compiled.nets_v6.len(),
+                c.nets_v6 as usize,
+            ),
+            (
+                "rule entries",
+                now.rules.len() + compiled.rules.len(),
+                c.rules as usize,
+            ),
         ];
         match checks.iter().find(|(_, need, have)| need > have) {
             Some((what, need, have)) => Err(format!("{what}: {need} needed, room for {have}")),
@@ -256,10 +283,14 @@ impl PolicyMaps {
     fn write(&mut self, generation: u32, compiled: &Compiled) -> Result<(), DatapathError> {
         let config = self.layout(generation, compiled);
         let (t4, t6) = (&compiled.hosts_v4, &compiled.hosts_v6);
-        self.seeds_v4.write(config.hosts_v4.seed_base, &t4.seeds, 0)?;
-        self.hosts_v4.write(config.hosts_v4.slot_base, &t4.slots, 0)?;
-        self.seeds_v6.write(config.hosts_v6.seed_base, &t6.seeds, 0)?;
-        self.hosts_v6.write(config.hosts_v6.slot_base, &t6.slots, 0)?;
+        self.seeds_v4
+            .write(config.hosts_v4.seed_base, &t4.seeds, 0)?;
+        self.hosts_v4
+            .write(config.hosts_v4.slot_base, &t4.slots, 0)?;
+        self.seeds_v6
+            .write(config.hosts_v6.seed_base, &t6.seeds, 0)?;
+        self.hosts_v6
+            .write(config.hosts_v6.slot_base, &t6.slots, 0)?;
 
         let mut ports = vec![0u32; PORTS_PER_GENERATION as usize];
         for &(slot, roles) in &compiled.ports {
@@ -354,12 +385,16 @@ impl PolicyMaps {
         let hosts_v6 = (t6.slot_base..t6.slot_base + sized(t6.slots))
             .filter_map(|i| self.hosts_v6.read::<HostV6>(i))
             .collect();
-        let ports = read(&self.ports, generation * PORTS_PER_GENERATION, PORTS_PER_GENERATION)
-            .into_iter()
-            .zip(0u32..)
-            .filter(|&(roles, _)| roles != 0)
-            .map(|(roles, slot)| (slot, roles))
-            .collect();
+        let ports = read(
+            &self.ports,
+            generation * PORTS_PER_GENERATION,
+            PORTS_PER_GENERATION,
+        )
+        .into_iter()
+        .zip(0u32..)
+        .filter(|&(roles, _)| roles != 0)
+        .map(|(roles, slot)| (slot, roles))
+        .collect();
         let held = self.read_held()?;
         let now = &held[generation as usize];
         Ok(Snapshot {
@@ -442,7 +477,11 @@ fn sync<K: Copy + Eq + std::hash::Hash, V: Copy + PartialEq>(
     want: &HashMap<K, V>,
     mut apply: impl FnMut(K, Option<V>) -> Result<(), aya::maps::MapError>,
 ) -> Result<(), DatapathError> {
-    let gone: Vec<K> = held.keys().filter(|k| !want.contains_key(k)).copied().collect();
+    let gone: Vec<K> = held
+        .keys()
+        .filter(|k| !want.contains_key(k))
+        .copied()
+        .collect();
     for key in gone {
         apply(key, None)?;
         held.remove(&key);

@@ -93,3 +93,25 @@ impl Datapath {
         Ok(())
     }
 }
+
+/// The program a running instance has attached, opened from its pin, to run test packets
+/// through the live datapath: its maps are the ones the agent changes.
+pub struct PinnedProgram {
+    program: Xdp,
+}
+
+impl PinnedProgram {
+    /// The instance's pinned XDP program.
+    pub fn open(pins: &super::Pins) -> Result<PinnedProgram, DatapathError> {
+        let path = pins
+            .program_path(maps::XDP_PROGRAM)
+            .ok_or(DatapathError::Missing(maps::XDP_PROGRAM))?;
+        let program = Xdp::from_pin(path, aya_obj::programs::XdpAttachType::Interface)?;
+        Ok(PinnedProgram { program })
+    }
+
+    /// Runs the program once on `frame`; returns the XDP action.
+    pub fn run(&self, frame: &[u8]) -> Result<u32, DatapathError> {
+        Ok(self.program.test_run(options(frame, 1))?.return_value)
+    }
+}

@@ -33,7 +33,9 @@ pub enum PeerError {
         cidr: IpNet,
         file: String,
     },
-    #[error("{cidr} is already listed for role {role:?} in the policy file ({file}); nothing was added")]
+    #[error(
+        "{cidr} is already listed for role {role:?} in the policy file ({file}); nothing was added"
+    )]
     AlreadyInFile {
         role: String,
         cidr: IpNet,
@@ -94,7 +96,12 @@ impl RuntimePeers {
 
     /// These peers with `cidrs` added to `role`, all or none. Adding a runtime peer again
     /// changes nothing; a peer the file lists is refused.
-    pub fn add(&self, file: &Policy, role: &str, cidrs: &[String]) -> Result<RuntimePeers, PeerError> {
+    pub fn add(
+        &self,
+        file: &Policy,
+        role: &str,
+        cidrs: &[String],
+    ) -> Result<RuntimePeers, PeerError> {
         let nets = RuntimePeers::parse(role, file, cidrs)?;
         if let Some(net) = nets.iter().find(|n| RuntimePeers::in_file(file, role, n)) {
             return Err(PeerError::AlreadyInFile {
@@ -109,7 +116,12 @@ impl RuntimePeers {
     }
 
     /// These peers with `cidrs` removed from `role`, all or none: each must be a runtime peer.
-    pub fn del(&self, file: &Policy, role: &str, cidrs: &[String]) -> Result<RuntimePeers, PeerError> {
+    pub fn del(
+        &self,
+        file: &Policy,
+        role: &str,
+        cidrs: &[String],
+    ) -> Result<RuntimePeers, PeerError> {
         let nets = RuntimePeers::parse(role, file, cidrs)?;
         let mut next = self.clone();
         let set = next.0.entry(role.to_string()).or_default();
@@ -209,15 +221,27 @@ mod tests {
         let file = file();
         let none = RuntimePeers::default();
         let two = none
-            .add(&file, "front-end", &strings(&["198.18.3.10", "2001:db8:3::/64"]))
+            .add(
+                &file,
+                "front-end",
+                &strings(&["198.18.3.10", "2001:db8:3::/64"]),
+            )
             .unwrap();
         assert_eq!(two.len(), 2);
         let err = two
-            .add(&file, "front-end", &strings(&["198.18.3.11", "198.18.3.300"]))
+            .add(
+                &file,
+                "front-end",
+                &strings(&["198.18.3.11", "198.18.3.300"]),
+            )
             .unwrap_err();
         assert!(err.to_string().contains("198.18.3.300"), "{err}");
         let err = two
-            .del(&file, "front-end", &strings(&["198.18.3.10", "198.18.3.12"]))
+            .del(
+                &file,
+                "front-end",
+                &strings(&["198.18.3.10", "198.18.3.12"]),
+            )
             .unwrap_err();
         assert_eq!(
             err,
@@ -226,7 +250,9 @@ mod tests {
                 cidr: "198.18.3.12/32".parse().unwrap()
             }
         );
-        let one = two.del(&file, "front-end", &strings(&["198.18.3.10"])).unwrap();
+        let one = two
+            .del(&file, "front-end", &strings(&["198.18.3.10"]))
+            .unwrap();
         assert_eq!(one.len(), 1);
         let policy = one.apply(&file);
         assert_eq!(policy.peers.len(), 2);
@@ -245,7 +271,10 @@ mod tests {
             ("director", &["198.18.2.10"], "already listed"),
         ];
         for (role, cidrs, expect) in cases {
-            let err = none.add(&file, role, &strings(cidrs)).unwrap_err().to_string();
+            let err = none
+                .add(&file, role, &strings(cidrs))
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(expect), "{role} {cidrs:?}: {err}");
         }
         let err = none

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod frames;
+pub mod lab_run;
 
 use std::net::IpAddr;
 

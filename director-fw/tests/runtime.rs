@@ -1,0 +1,405 @@
+//! The runtime control plane end to end, with the real agent in the network-namespace lab:
+//! peers from the CLI, enforcement that outlives the agent (kill -9, SIGTERM, SIGHUP, an
+//! upgrade), bad input that changes nothing, the socket's security, and commit-confirmed
+//! reloads. Every test runs its own instance and lab, and detaches and deletes them at the
+//! end, also when it fails.
+
+mod common;
+
+use std::{
+    ffi::OsStr,
+    os::unix::{fs::PermissionsExt, process::CommandExt},
+    path::Path,
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
+
+use common::{
+    lab_run::{LabRun, AGENT},
+    root_or_skip,
+};
+use director_fw::{datapath::object_id, instance::Instance};
+use director_fw_lab::{agent_pin_dir, tcp_exchange, Agent, Conversation, Lab, Role};
+use serde_json::Value;
+
+use Role::{Director, InternalClients, Outsider};
+
+const PASS_TIMEOUT: Duration = Duration::from_secs(2);
+const DROP_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The lab's peers, but for `left_out`, which then has no role.
+fn peers_except(lab: &Lab, left_out: Role) -> String {
+    let mut out = String::from("[peers]\n");
+    for h in lab
+        .hosts()
+        .iter()
+        .filter(|h| h.role.is_peer() && h.role != left_out)
+    {
+        out += &format!("{} = [\"{}\", \"{}\"]\n", h.role.name(), h.v4, h.v6);
+    }
+    out
+}
+
+fn connects(lab: &Lab, from: Role, to: Role, port: u16, ipv6: bool) -> bool {
+    let timeout = PASS_TIMEOUT.min(DROP_TIMEOUT);
+    tcp_exchange(lab.host(from), lab.host(to), port, ipv6, timeout).unwrap_or(false)
+}
+
+fn status(run: &LabRun) -> Value {
+    run.json(&["status", "--json"])
+}
+
+#[test]
+fn peers_added_at_runtime_take_effect_at_once_and_survive_a_restart() {
+    if !root_or_skip("peers_added_at_runtime_take_effect_at_once_and_survive_a_restart") {
+        return;
+    }
+    let mut run = LabRun::start(
+        "rt-peers",
+        "xdp",
+        |lab| peers_except(lab, InternalClients),
+        "",
+    );
+    let client = run.lab.host(InternalClients).clone();
+    let (v4, v6) = (client.v4.to_string(), client.v6.to_string());
+    for ipv6 in [false, true] {
+        assert!(
+            !connects(&run.lab, InternalClients, Director, 443, ipv6),
+            "a host in no role reached the Director (ipv6: {ipv6})"
+        );
+    }
+    let said = run.ok(&["peers", "add", "internal-clients", &v4, &v6]);
+    assert!(said.contains("added 2 peer(s)"), "{said}");
+    // When the command has returned, the kernel enforces it: no wait here.
+    for ipv6 in [false, true] {
+        assert!(
+            connects(&run.lab, InternalClients, Director, 443, ipv6),
+            "a runtime peer could not reach the Director right after `peers add` (ipv6: {ipv6})"
+        );
+    }
+    let listed = run.json(&["peers", "list", "--role", "internal-clients", "--json"]);
+    let runtime: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["source"] == "runtime")
+        .filter_map(|p| p["cidr"].as_str())
+        .collect();
+    assert_eq!(runtime, [format!("{v4}/32"), format!("{v6}/128")]);
+
+    // A restart restores them from the state file, on top of the policy file.
+    run.agent.take().unwrap().stop(Agent::STOP_TIMEOUT);
+    run.start_agent(&[]);
+    assert_eq!(status(&run)["runtime_peers"], 2);
+    assert_eq!(status(&run)["start"], "adopted");
+    for ipv6 in [false, true] {
+        assert!(
+            connects(&run.lab, InternalClients, Director, 443, ipv6),
+            "the runtime peer was lost across a restart (ipv6: {ipv6})"
+        );
+    }
+    run.ok(&["peers", "del", "internal-clients", &v4, &v6]);
+    for ipv6 in [false, true] {
+        assert!(
+            !connects(&run.lab, InternalClients, Director, 443, ipv6),
+            "a deleted peer still reached the Director (ipv6: {ipv6})"
+        );
+    }
+}
+
+/// The built-in object with its `TRACE` constant set: another build whose program differs
+/// (it records every verdict), and so another object id.
+fn second_build() -> Vec<u8> {
+    use object::{Object, ObjectSection, ObjectSymbol};
+    let mut bytes = director_fw::datapath::OBJECT.to_vec();
+    let file = object::File::parse(director_fw::datapath::OBJECT).expect("the object is ELF");
+    let symbol = file
+        .symbols()
+        .find(|s| s.name() == Ok(director_fw_common::maps::TRACE_GLOBAL))
+        .expect("the object has TRACE");
+    let section = file
+        .section_by_index(symbol.section_index().expect("TRACE has a section"))
+        .unwrap();
+    let (offset, _) = section.file_range().expect("TRACE's section has bytes");
+    let at = (offset + symbol.address() - section.address()) as usize;
+    assert_eq!(bytes[at], 0, "TRACE is 0 in the built-in object");
+    bytes[at] = 1;
+    bytes
+}
+
+#[test]
+fn an_allowed_connection_lives_through_kill_sigterm_sighup_and_upgrade() {
+    if !root_or_skip("an_allowed_connection_lives_through_kill_sigterm_sighup_and_upgrade") {
+        return;
+    }
+    let mut run = LabRun::start("rt-outlive", "xdp", Lab::peers_toml, "");
+    let pins = agent_pin_dir(run.name());
+    let mut talk = Conversation::open(
+        run.lab.host(InternalClients),
+        run.lab.host(Director),
+        443,
+        false,
+        PASS_TIMEOUT,
+    )
+    .expect("an allowed connection");
+    talk.exchange().expect("it talks");
+    let rule = "clients-director-https";
+    let counted = run.rule_packets(rule);
+    assert!(
+        counted > 0,
+        "the connection's first packets count for {rule}"
+    );
+    let check = |run: &LabRun, talk: &mut Conversation, when: &str| {
+        for _ in 0..3 {
+            talk.exchange()
+                .unwrap_or_else(|e| panic!("{when}: the open connection broke: {e:#}"));
+        }
+        assert!(
+            !connects(&run.lab, Outsider, Director, 443, false),
+            "{when}: a denied host got through"
+        );
+        assert!(
+            pins.join("links").exists(),
+            "{when}: the links' pins are gone"
+        );
+    };
+
+    let mut agent = run.agent.take().unwrap();
+    agent.kill();
+    check(&run, &mut talk, "after kill -9");
+    run.start_agent(&[]);
+    assert_eq!(status(&run)["start"], "adopted");
+    check(
+        &run,
+        &mut talk,
+        "after the restart that adopted the datapath",
+    );
+    assert!(run.rule_packets(rule) >= counted, "the counters were reset");
+
+    let status_code = run.agent.take().unwrap().stop(Agent::STOP_TIMEOUT);
+    assert!(
+        status_code.is_some_and(|s| s.success()),
+        "SIGTERM: {status_code:?}"
+    );
+    check(&run, &mut talk, "after SIGTERM");
+    run.start_agent(&[]);
+
+    let pid = status(&run)["pid"].clone();
+    run.agent.as_ref().unwrap().signal(libc::SIGHUP);
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        status(&run)["pid"],
+        pid,
+        "SIGHUP must reload, not stop the agent"
+    );
+    check(&run, &mut talk, "after SIGHUP");
+
+    // An upgrade: a new agent with another build of the object.
+    let before = status(&run)["object"].as_str().unwrap().to_string();
+    let object = std::env::temp_dir().join(format!("{}-second-build.o", run.name()));
+    std::fs::write(&object, second_build()).unwrap();
+    run.agent.take().unwrap().stop(Agent::STOP_TIMEOUT);
+    run.start_agent(&[OsStr::new("--object"), object.as_os_str()]);
+    let _ = std::fs::remove_file(&object);
+    let after = status(&run);
+    assert_eq!(after["start"], "upgraded", "{after}");
+    assert_ne!(after["object"].as_str().unwrap(), before);
+    assert_eq!(
+        after["object"].as_str().unwrap(),
+        object_id(&second_build())
+    );
+    check(&run, &mut talk, "after the upgrade");
+    assert!(
+        run.rule_packets(rule) >= counted,
+        "the upgrade reset the counters"
+    );
+    eprintln!(
+        "the connection exchanged {} rounds across it all",
+        talk.rounds()
+    );
+}
+
+/// Every refused command changes nothing: not the kernel's maps, not `peers list`, not
+/// `status`.
+#[test]
+fn refused_commands_change_nothing() {
+    if !root_or_skip("refused_commands_change_nothing") {
+        return;
+    }
+    let ops = "[[rules]]\nid = \"ops-ssh\"\nfrom = \"ops\"\nto = \"director\"\nproto = \"tcp\"\nports = [\"22\"]\n";
+    let run = LabRun::start("rt-refuse", "xdp", Lab::peers_toml, ops);
+    run.ok(&["peers", "add", "front-end", "198.18.3.99"]);
+    run.ok(&["peers", "add", "ops", "198.18.6.10"]);
+    let pins = Instance::new(run.name()).unwrap().pins();
+    let maps = pins.snapshot().expect("reading the pinned maps");
+    let peers = run.ok(&["peers", "list", "--json"]);
+    let status = run.ok(&["status", "--json"]);
+
+    let bad_file = std::env::temp_dir().join(format!("{}-bad.toml", run.name()));
+    std::fs::write(
+        &bad_file,
+        "profile = \"lync2013-single-director\"\n[peers]\ndirector = [\"198.18.2.300\"]\n",
+    )
+    .unwrap();
+    let lost_role = std::env::temp_dir().join(format!("{}-lost.toml", run.name()));
+    std::fs::write(
+        &lost_role,
+        "[[rules]]\nid = \"x\"\nfrom = \"a\"\nto = \"b\"\nproto = \"tcp\"\nports = [\"1\"]\n",
+    )
+    .unwrap();
+    let (bad, lost) = (bad_file.to_str().unwrap(), lost_role.to_str().unwrap());
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["peers", "add", "nobody", "198.18.3.1"],
+            "unknown role \"nobody\"",
+        ),
+        (&["peers", "add", "any", "198.18.3.1"], "`any`"),
+        (
+            &["peers", "add", "front-end", "198.18.3.256"],
+            "198.18.3.256",
+        ),
+        (
+            &["peers", "add", "front-end", "198.18.3.0/33"],
+            "198.18.3.0/33",
+        ),
+        (
+            &["peers", "add", "front-end", "198.18.3.1", "2001:db8::/129"],
+            "2001:db8::/129",
+        ),
+        (&["peers", "add", "front-end"], "CIDR"),
+        (&["peers", "del", "front-end", "198.18.3.98"], "198.18.3.98"),
+        (
+            &["peers", "del", "director", "198.18.2.10"],
+            "edit the file",
+        ),
+        (
+            &["peers", "add", "director", "198.18.2.10"],
+            "already listed",
+        ),
+        (&["policy", "reload", bad], "198.18.2.300"),
+        (&["policy", "reload", lost], "role \"ops\""),
+        (&["policy", "confirm"], "no reload is waiting"),
+        (&["audit", "maybe"], "maybe"),
+    ];
+    for (args, expect) in cases {
+        let out = run.cli(args);
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(
+            said.contains(expect),
+            "{args:?}: the message {said:?} does not name {expect:?}"
+        );
+        assert_eq!(
+            pins.snapshot().unwrap(),
+            maps,
+            "{args:?} changed the kernel's maps"
+        );
+        assert_eq!(
+            run.ok(&["peers", "list", "--json"]),
+            peers,
+            "{args:?} changed the peers"
+        );
+        assert_eq!(
+            run.ok(&["status", "--json"]),
+            status,
+            "{args:?} changed the status"
+        );
+    }
+    let _ = std::fs::remove_file(&bad_file);
+    let _ = std::fs::remove_file(&lost_role);
+
+    // Without an agent, a command says so and fails.
+    let out =
+        director_fw_lab::cli(Path::new(AGENT), "rt-nobody-runs-this", ["peers", "list"]).unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no director-fw agent runs"));
+}
+
+#[test]
+fn the_socket_is_root_only() {
+    if !root_or_skip("the_socket_is_root_only") {
+        return;
+    }
+    let run = LabRun::start("rt-socket", "xdp", Lab::peers_toml, "");
+    let socket = Instance::new(run.name()).unwrap().socket();
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+    assert_eq!(
+        mode & 0o777,
+        0o600,
+        "{} has mode {mode:o}",
+        socket.display()
+    );
+    let as_nobody = || {
+        let mut cmd = Command::new(AGENT);
+        cmd.args(["--instance", run.name(), "peers", "list"])
+            .uid(65534)
+            .gid(65534);
+        cmd.output().unwrap()
+    };
+    let out = as_nobody();
+    assert!(!out.status.success(), "a caller without root was served");
+    // Even through a socket file opened to all, the agent checks the caller itself.
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = as_nobody();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a caller without root was served");
+    assert!(
+        said.contains("permission denied") && said.contains("CAP_NET_ADMIN"),
+        "{said}"
+    );
+}
+
+#[test]
+fn an_unconfirmed_reload_reverts_and_a_confirmed_one_stays() {
+    if !root_or_skip("an_unconfirmed_reload_reverts_and_a_confirmed_one_stays") {
+        return;
+    }
+    let run = LabRun::start("rt-confirm", "xdp", Lab::peers_toml, "");
+    let pins = Instance::new(run.name()).unwrap().pins();
+    let original = pins.snapshot().unwrap();
+    let first = status(&run)["policy"]["source"].clone();
+    // The same peers without the internal clients: their connections stop while it holds.
+    let narrower = std::env::temp_dir().join(format!("{}-narrower.toml", run.name()));
+    let text = format!(
+        "profile = \"lync2013-single-director\"\n{}",
+        peers_except(&run.lab, InternalClients)
+    );
+    std::fs::write(&narrower, text).unwrap();
+    let file = narrower.to_str().unwrap();
+
+    let started = Instant::now();
+    run.ok(&["policy", "reload", file, "--confirm-within", "2"]);
+    let pending = status(&run);
+    assert_eq!(pending["policy"]["source"], file);
+    assert!(pending["pending_confirm"].is_object(), "{pending}");
+    assert!(!connects(&run.lab, InternalClients, Director, 443, false));
+    while status(&run)["pending_confirm"].is_object() {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "no revert after 5 s"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "reverted before its deadline"
+    );
+    assert_eq!(status(&run)["policy"]["source"], first);
+    assert!(
+        pins.snapshot().unwrap().same_policy(&original),
+        "the revert is not the original"
+    );
+    assert!(connects(&run.lab, InternalClients, Director, 443, false));
+
+    run.ok(&["policy", "reload", file, "--confirm-within", "1"]);
+    run.ok(&["policy", "confirm"]);
+    thread::sleep(Duration::from_millis(1500));
+    let kept = status(&run);
+    assert_eq!(
+        kept["policy"]["source"], file,
+        "a confirmed reload was reverted"
+    );
+    assert!(kept["pending_confirm"].is_null());
+    let _ = std::fs::remove_file(&narrower);
+}
