@@ -2,10 +2,13 @@
 //!
 //! It builds the network-namespace lab (a gateway routing between one host per role, plus an
 //! outsider), writes a policy file with the built-in profile and the lab's hosts as peers,
-//! shows the policy, and starts the agent on every gateway interface in XDP mode. Then it
-//! opens real TCP/UDP connections between the hosts, prints for each one what the policy says
-//! and what happened, and shows the agent's live counters. At the end it stops the agent and
-//! deletes the lab, also on an error or Ctrl-C.
+//! starts the agent on every gateway interface in XDP mode and shows the policy in force. It
+//! shows a host in no role refused, then added with `peers add` and connecting at once. Then
+//! it opens real TCP/UDP connections between the hosts, prints for each one what the policy
+//! says and what happened, and shows the live counters. It kills the agent with `kill -9`
+//! while a connection is open, shows the connection and the counters going on, and starts an
+//! agent that adopts the datapath. At the end it detaches and deletes the lab, also on an
+//! error or Ctrl-C.
 //!
 //! The agent binary is the release build of the `director-fw` crate, which xtask runs as a
 //! separate program (xtask cannot link the crate itself: its build script needs the eBPF
@@ -14,13 +17,13 @@
 use std::ffi::OsStr;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use director_fw_lab::{
-    agent_pin_dir, netns_command, tcp_exchange, udp_exchange, Agent, AgentOptions, Lab, Role,
+    agent_pin_dir, cli, netns_command, tcp_exchange, udp_exchange, Agent, AgentOptions,
+    Conversation, InstanceGuard, Lab, Role,
 };
 
 use crate::process;
@@ -205,6 +208,8 @@ pub fn run(_args: &[String]) -> Result<()> {
     let lab = Lab::new().context("building the lab")?;
     let mut demo = Demo {
         agent: None,
+        instance: InstanceGuard::new(&binary, &instance),
+        binary: binary.clone(),
         policy_file: std::env::temp_dir().join(format!("director-fw-{instance}.toml")),
         lab,
     };
@@ -237,107 +242,115 @@ pub fn run(_args: &[String]) -> Result<()> {
     );
     check_interrupt()?;
 
-    step(2, "writing the policy file");
-    let policy = format!(
-        "profile = \"lync2013-single-director\"\n\n{}",
-        demo.lab.peers_toml()
-    );
+    step(2, "writing the policy file: every role's host but the internal clients'");
+    let client = demo.lab.host(InternalClients).clone();
+    let mut peers = String::from("[peers]\n");
+    for h in demo.lab.hosts().iter().filter(|h| h.role.is_peer() && h.role != InternalClients) {
+        peers += &format!("{:<16} = [\"{}\", \"{}\"]\n", h.role.name(), h.v4, h.v6);
+    }
+    let policy = format!("profile = \"lync2013-single-director\"\n\n{peers}");
     std::fs::write(&demo.policy_file, &policy)
         .with_context(|| format!("writing {}", demo.policy_file.display()))?;
     println!("  {}:", demo.policy_file.display());
     print_indented(&policy);
     check_interrupt()?;
 
-    step(3, "the rules it enforces (`director-fw policy show`)");
-    let shown = process::capture(
-        Command::new(&binary)
-            .args(["--instance", &instance, "policy", "show", "--policy"])
-            .arg(&demo.policy_file)
-            .stdin(Stdio::null()),
-    )?;
-    print_indented(&shown);
-    check_interrupt()?;
-
     step(
-        4,
+        3,
         &format!("starting the agent in the gateway namespace (instance {instance}, xdp mode)"),
     );
     let ifaces = demo.lab.gateway_ifaces();
-    let mut args = vec!["--instance", &instance, "run"];
+    let mut args: Vec<&OsStr> = Vec::new();
     for iface in &ifaces {
-        args.extend(["--iface", iface]);
+        args.extend([OsStr::new("--iface"), OsStr::new(iface)]);
     }
-    args.extend(["--mode", "xdp", "--policy"]);
-    let args: Vec<&OsStr> = args
-        .into_iter()
-        .map(OsStr::new)
-        .chain([demo.policy_file.as_os_str()])
-        .collect();
+    args.extend([OsStr::new("--mode"), OsStr::new("xdp"), OsStr::new("--policy")]);
+    let policy_file = demo.policy_file.clone();
+    args.push(policy_file.as_os_str());
     let mut shown = netns_command(demo.lab.gateway_ns(), &binary)?;
-    println!("  $ {}", process::describe(shown.args(&args)));
-    // Its own process group: Ctrl-C reaches only the demo, which then stops the agent in order.
-    let options = AgentOptions {
-        on_line: Some(Box::new(|line| {
-            let _ = writeln!(std::io::stdout(), "    agent | {line}");
-        })),
-        own_process_group: true,
-    };
-    let agent = Agent::start(demo.lab.gateway_ns(), &binary, &args, options)?;
-    let agent = demo.agent.insert(agent);
-    agent
-        .wait_enforcing_with(&instance, Agent::START_TIMEOUT, check_interrupt)
-        .context("the agent did not start")?;
+    shown.args(["--instance", &instance, "run"]).args(&args);
+    println!("  $ {}", process::describe(&shown));
+    demo.start_agent(&binary, &args)?;
+    println!("  $ director-fw status   (the agent answers once it enforces)");
+    print_indented(&demo.cli(&["status"])?);
+    check_interrupt()?;
 
-    step(5, "driving real connections through the gateway");
-    println!(
-        "  POLICY   {:<16}    {:<16}  {:<9}  {:<4}  RESULT",
-        "FROM", "TO", "PROTO", "IP"
-    );
+    step(4, "the policy in force (`director-fw policy show`)");
+    print_indented(&demo.cli(&["policy", "show"])?);
+    check_interrupt()?;
+
     let mut unexpected = Vec::new();
-    for attempt in ATTEMPTS {
-        check_interrupt()?;
-        if let Some(problem) = drive(&demo.lab, attempt) {
-            unexpected.push(problem);
-        }
+    step(5, "a peer added at runtime connects at once (`director-fw peers add`)");
+    print_header();
+    let before = tcp(InternalClients, Director, 443, false, Expect::Denied);
+    unexpected.extend(drive(&demo.lab, &before));
+    let (v4, v6) = (client.v4.to_string(), client.v6.to_string());
+    println!("  $ director-fw peers add internal-clients {v4} {v6}");
+    print_indented(&demo.cli(&["peers", "add", "internal-clients", &v4, &v6])?);
+    print_header();
+    for ipv6 in [false, true] {
+        let after = tcp(InternalClients, Director, 443, ipv6, Expect::Rule("clients-director-https"));
+        unexpected.extend(drive(&demo.lab, &after));
     }
     check_interrupt()?;
 
-    step(6, "the live counters (`director-fw stats`)");
-    let stats = process::capture(
-        Command::new(&binary)
-            .args(["--instance", &instance, "stats"])
-            .stdin(Stdio::null()),
-    )?;
-    print_indented(&stats);
-
-    step(7, "stopping the agent and removing the lab");
-    match demo
-        .agent
-        .take()
-        .map(|mut agent| agent.stop(Agent::STOP_TIMEOUT))
-    {
-        Some(Some(status)) if status.success() => {
-            println!("  the agent stopped and detached ({status})")
-        }
-        other => unexpected.push(format!(
-            "the agent did not exit cleanly on SIGTERM: {other:?}"
-        )),
+    step(6, "driving real connections through the gateway");
+    print_header();
+    for attempt in ATTEMPTS {
+        check_interrupt()?;
+        unexpected.extend(drive(&demo.lab, attempt));
     }
+    check_interrupt()?;
+
+    step(7, "the live counters (`director-fw stats`)");
+    print_indented(&demo.cli(&["stats"])?);
+
+    step(8, "kill -9 of the agent while a connection is open: the datapath keeps enforcing");
+    let mut talk = Conversation::open(&client, demo.lab.host(Director), 443, false, PASS_TIMEOUT)
+        .context("opening a connection from the internal clients to the Director")?;
+    talk.exchange()?;
+    let flows_before = demo.flow_packets()?;
+    if let Some(agent) = demo.agent.as_mut() {
+        println!("  $ kill -9 {}", agent.pid());
+        agent.kill();
+    }
+    demo.agent = None;
+    for _ in 0..20 {
+        if let Err(e) = talk.exchange() {
+            unexpected.push(format!("the open connection broke without the agent: {e:#}"));
+            break;
+        }
+    }
+    println!("  the open connection exchanged {} messages each way, with no agent running", talk.rounds());
+    print_header();
+    unexpected.extend(drive(&demo.lab, &tcp(Outsider, Director, 443, false, Expect::Denied)));
+    check_interrupt()?;
+
+    step(9, "a new agent adopts the pinned datapath, with its flows and counters");
+    demo.start_agent(&binary, &args)?;
+    print_indented(&demo.cli(&["status"])?);
+    talk.exchange()?;
+    let flows_after = demo.flow_packets()?;
+    println!("  flow passes counted: {flows_before} before the kill, {flows_after} now (the kernel counted while no agent ran)");
+    if flows_after <= flows_before {
+        unexpected.push("the flow counter did not move across the restart".into());
+    }
+    drop(talk);
+
+    step(10, "detaching (`director-fw detach --yes`) and removing the lab");
+    drop(demo.agent.take());
+    print_indented(&demo.cli(&["detach", "--yes"])?);
     let pins = agent_pin_dir(&instance);
     if pins.exists() {
-        unexpected.push(format!(
-            "{} is still there after the agent stopped",
-            pins.display()
-        ));
+        unexpected.push(format!("{} is still there after detach", pins.display()));
     }
     drop(demo);
-    println!("  namespaces and policy file removed");
+    println!("  namespaces, state and policy file removed");
 
     println!();
-    let total = ATTEMPTS.len();
     if unexpected.is_empty() {
         println!(
-            "All {total} connections did what the policy says. Done in {:.1?}.",
+            "Every connection did what the policy says. Done in {:.1?}.",
             started.elapsed()
         );
         Ok(())
@@ -351,6 +364,13 @@ pub fn run(_args: &[String]) -> Result<()> {
             unexpected.len()
         )
     }
+}
+
+fn print_header() {
+    println!(
+        "  POLICY   {:<16}    {:<16}  {:<9}  {:<4}  RESULT",
+        "FROM", "TO", "PROTO", "IP"
+    );
 }
 
 /// Drives one attempt and prints its line; returns a description when the result is not
@@ -407,12 +427,61 @@ fn drive(lab: &Lab, a: &Attempt) -> Option<String> {
     problem.map(|p| format!("{label} {} -> {} {path} {ip}: {p}", a.from, a.to))
 }
 
-/// The lab, the policy file and the agent. Dropping it stops the agent (by PID), removes the
-/// policy file, and then deletes the lab's namespaces, whatever made the demo end.
+/// The lab, the policy file, the instance and its agent. Dropping it stops the agent (by
+/// PID), detaches the instance and removes its state, removes the policy file, and then
+/// deletes the lab's namespaces, whatever made the demo end.
 struct Demo {
     agent: Option<Agent>,
+    instance: InstanceGuard,
+    binary: PathBuf,
     policy_file: PathBuf,
     lab: Lab,
+}
+
+impl Demo {
+    fn start_agent(&mut self, binary: &Path, args: &[&OsStr]) -> Result<()> {
+        // Its own process group: Ctrl-C reaches only the demo, which then stops it in order.
+        let options = AgentOptions {
+            on_line: Some(Box::new(|line| {
+                let _ = writeln!(std::io::stdout(), "    agent | {line}");
+            })),
+            own_process_group: true,
+        };
+        let agent = Agent::start(
+            self.lab.gateway_ns(),
+            binary,
+            self.instance.name(),
+            args,
+            options,
+        )?;
+        self.agent
+            .insert(agent)
+            .wait_ready_with(Agent::START_TIMEOUT, check_interrupt)
+            .context("the agent did not start")
+    }
+
+    /// Runs `director-fw --instance NAME ARGS` and returns what it printed.
+    fn cli(&self, args: &[&str]) -> Result<String> {
+        let out = cli(&self.binary, self.instance.name(), args)?;
+        if !out.status.success() {
+            bail!(
+                "director-fw {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Packets passed as part of a tracked flow, from `stats --json`.
+    fn flow_packets(&self) -> Result<u64> {
+        let stats: serde_json::Value = serde_json::from_str(&self.cli(&["stats", "--json"])?)?;
+        stats["passes"]
+            .as_array()
+            .and_then(|passes| passes.iter().find(|p| p["kind"] == "flow"))
+            .and_then(|p| p["packets"].as_u64())
+            .context("stats --json has no flow packets")
+    }
 }
 
 impl Drop for Demo {
