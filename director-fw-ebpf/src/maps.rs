@@ -6,9 +6,9 @@ use aya_ebpf::{
     maps::{lpm_trie::LpmTrie, Array, HashMap, LruHashMap, PerCpuArray},
 };
 use director_fw_common::{
+    config::GENERATIONS,
     maps::{DEFAULT_FLOWS, DEFAULT_FRAGS, DEFAULT_NETS, DEFAULT_RULE_ENTRIES},
     verdict::COUNTER_SLOTS,
-    config::GENERATIONS,
     Config, Counter, FlowKey, FlowState, FragKey, FragState, HostV4, HostV6, RuleKey, PORT_SLOTS,
 };
 

@@ -23,6 +23,7 @@
 //! [`tcp_exchange`] / [`udp_exchange`] drive one bounded, verified exchange between two hosts.
 
 mod agent;
+mod conversation;
 mod netns;
 mod traffic;
 
@@ -31,13 +32,17 @@ use std::fmt;
 use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread;
 use std::time::Duration;
 
-pub use agent::{agent_pin_dir, Agent, AgentOptions, OnLine, AGENT_READY_LINE};
-pub use netns::{in_netns, netns_command, netns_path, spawn_in_netns};
+pub use agent::{agent_pin_dir, cli, Agent, AgentOptions, InstanceGuard, OnLine};
+pub use conversation::Conversation;
+pub use netns::{
+    check_interrupted, in_netns, interrupted, link_info, netns_command, netns_path, run_in_netns,
+    spawn_in_netns, InterruptGuard, LinkInfo, COMMAND_TIMEOUT, INTERRUPT_SIGNALS,
+};
 pub use traffic::{tcp_exchange, udp_exchange};
 
 // ---------------------------------------------------------------------------------------------
@@ -224,30 +229,33 @@ impl Lab {
     }
 
     fn build(&mut self) -> Result<()> {
-        let gw = self.gateway.clone();
-        self.add_netns(&gw)?;
-        // DAD off before any veth exists, so link-local addresses are usable at once too.
-        write_sysctls(
-            &gw,
-            &[
+        // Every sysctl the lab relies on, set in each namespace it creates. A new namespace
+        // inherits the root's IPv4 settings (forwarding on any gateway), and with
+        // net.core.devconf_inherit_init_net its IPv6 ones too: the lab assumes none of them.
+        // They are written before any veth exists, so the `default` values reach the veths.
+        // IPv6 on; DAD off, so that link-local addresses too are usable at once; forwarding
+        // on the gateway only (`ip_forward` and IPv6 `all` also set every existing link).
+        let sysctls = |forwarding| {
+            [
+                ("ipv6/conf/all/disable_ipv6", "0"),
+                ("ipv6/conf/default/disable_ipv6", "0"),
                 ("ipv6/conf/all/accept_dad", "0"),
                 ("ipv6/conf/default/accept_dad", "0"),
-                ("ipv4/ip_forward", "1"),
-                ("ipv6/conf/all/forwarding", "1"),
-            ],
-        )?;
+                ("ipv4/ip_forward", forwarding),
+                ("ipv4/conf/default/forwarding", forwarding),
+                ("ipv6/conf/all/forwarding", forwarding),
+                ("ipv6/conf/default/forwarding", forwarding),
+            ]
+        };
+        let gw = self.gateway.clone();
+        self.add_netns(&gw)?;
+        write_sysctls(&gw, &sysctls("1"))?;
         ip_ns(&gw, &["link", "set", "lo", "up"])?;
 
         for role in Role::ALL {
             let host = host_plan(&self.prefix, role)?;
             self.add_netns(&host.ns)?;
-            write_sysctls(
-                &host.ns,
-                &[
-                    ("ipv6/conf/all/accept_dad", "0"),
-                    ("ipv6/conf/default/accept_dad", "0"),
-                ],
-            )?;
+            write_sysctls(&host.ns, &sysctls("0"))?;
             ip_ns(&host.ns, &["link", "set", "lo", "up"])?;
 
             let mtu = MTU.to_string();
@@ -406,21 +414,16 @@ impl Lab {
 impl Drop for Lab {
     fn drop(&mut self) {
         // Deleting a namespace destroys the veth ends inside it, and with them their peers.
+        // `ip` runs bounded and in a process group of its own, so a second Ctrl-C does not
+        // cut the cleanup short.
         for ns in self.created.iter().rev() {
-            let result = Command::new("ip")
-                .args(["netns", "delete", ns])
-                .stdin(Stdio::null())
-                .output();
-            let problem = match result {
-                Ok(out) if out.status.success() => continue,
-                Ok(out) => String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-                Err(e) => e.to_string(),
-            };
-            // Never panic in drop, not even on a closed stderr.
-            let _ = writeln!(
-                std::io::stderr(),
-                "director-fw-lab: could not delete netns {ns}: {problem}"
-            );
+            if let Err(e) = ip(&["netns", "delete", ns]) {
+                // Never panic in drop, not even on a closed stderr.
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "director-fw-lab: could not delete netns {ns}: {e:#}"
+                );
+            }
         }
     }
 }
@@ -474,44 +477,46 @@ fn pick_prefix() -> Result<String> {
     bail!("no free lab name prefix after {PREFIX_ATTEMPTS} attempts (leftover namespaces?)")
 }
 
-/// Writes `/proc/sys/net/<key>` inside `ns` from a thread that joined only that namespace.
+/// Writes each `(key, value)` to `/proc/sys/net/<key>` inside `ns`, in order, from a thread
+/// that joined only that namespace (for example `("ipv4/conf/all/rp_filter", "0")`).
 /// /proc/sys/net resolves against the calling thread's network namespace, so this never
 /// touches the root namespace's settings ([`in_netns`] verifies the thread really joined `ns`).
-fn write_sysctls(ns: &str, settings: &[(&str, &str)]) -> Result<()> {
-    let settings: Vec<(String, String)> = settings
-        .iter()
-        .map(|(k, v)| (format!("/proc/sys/net/{k}"), (*v).to_owned()))
-        .collect();
-    in_netns(ns, move || {
-        for (path, value) in &settings {
-            std::fs::write(path, value).with_context(|| format!("writing {value} to {path}"))?;
+/// A key must be a relative path without `.` or `..` components.
+pub fn write_sysctls(ns: &str, settings: &[(&str, &str)]) -> Result<()> {
+    for (key, _) in settings {
+        ensure!(
+            !key.split('/')
+                .any(|c| c.is_empty() || c == "." || c == ".."),
+            "{key:?} is not a sysctl key under /proc/sys/net"
+        );
+    }
+    in_netns(ns, || {
+        for (key, value) in settings {
+            let path = format!("/proc/sys/net/{key}");
+            std::fs::write(&path, value).with_context(|| format!("writing {value} to {path}"))?;
         }
         Ok(())
     })
     .with_context(|| format!("setting sysctls in netns {ns}"))
 }
 
-/// Runs `ip ARGS` and returns its stdout; a failure carries the command line and stderr.
+/// Runs `ip ARGS` like [`run_in_netns`] runs a command (own process group, at most
+/// [`COMMAND_TIMEOUT`]) and returns its stdout; a failure carries the command line and stderr.
 fn ip(args: &[&str]) -> Result<String> {
-    let line = args.join(" ");
-    let out = Command::new("ip")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("running `ip {line}` (is iproute2 installed?)"))?;
-    if !out.status.success() {
-        bail!(
-            "`ip {line}` failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    let mut cmd = Command::new("ip");
+    cmd.args(args);
+    netns::run_bounded(
+        cmd,
+        &format!("ip {}", args.join(" ")),
+        None,
+        COMMAND_TIMEOUT,
+    )
 }
 
-/// Runs `ip -n NS ARGS`: everything except adding, listing and deleting namespaces happens
-/// inside a lab namespace.
-fn ip_ns(ns: &str, args: &[&str]) -> Result<String> {
+/// Runs `ip -n NS ARGS` (own process group, at most [`COMMAND_TIMEOUT`]) and returns its
+/// stdout; a failure carries the command line and stderr. Everything the lab does except
+/// adding, listing and deleting namespaces happens inside a lab namespace this way.
+pub fn ip_ns(ns: &str, args: &[&str]) -> Result<String> {
     let mut full = Vec::with_capacity(args.len() + 2);
     full.extend_from_slice(&["-n", ns]);
     full.extend_from_slice(args);

@@ -4,6 +4,7 @@
 use super::*;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+use std::process::Command;
 use std::time::Instant;
 
 /// Port used by the exchanges (SIP over TLS, as the Director would see it).
@@ -32,6 +33,20 @@ fn our_netns(prefix: &str) -> Vec<String> {
         .filter(|n| n.starts_with(prefix))
         .map(str::to_owned)
         .collect()
+}
+
+/// `/proc/sys/net/<key>` for each key, read inside `ns`.
+fn sysctls_in(ns: &str, keys: &[String]) -> Vec<String> {
+    in_netns(ns, || {
+        keys.iter()
+            .map(|k| {
+                Ok(std::fs::read_to_string(format!("/proc/sys/net/{k}"))?
+                    .trim()
+                    .to_owned())
+            })
+            .collect()
+    })
+    .unwrap_or_else(|e| panic!("reading sysctls in {ns}: {e:#}"))
 }
 
 fn read_root_sysctl(key: &str) -> String {
@@ -179,18 +194,33 @@ fn namespaces_helpers_and_drop() {
     assert_eq!(listed, expected);
     assert!(lab.gateway_netns_path().exists());
 
-    // Sysctls were set in the lab namespaces only.
-    let gw = in_netns(lab.gateway_ns(), || {
-        let r = |k: &str| std::fs::read_to_string(format!("/proc/sys/net/{k}"));
-        Ok((r("ipv4/ip_forward")?, r("ipv6/conf/all/forwarding")?))
-    })
-    .unwrap();
-    assert_eq!((gw.0.trim(), gw.1.trim()), ("1", "1"));
-    let host_fwd = in_netns(&lab.host(Role::Director).ns, || {
-        Ok(std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")?)
-    })
-    .unwrap();
-    assert_eq!(host_fwd.trim(), "0");
+    // Every namespace has the lab's own settings, on every link, whatever the root's are: the
+    // gateway forwards, the hosts do not, IPv6 is on and DAD off.
+    let expect = |ns: &str, ifaces: &[&str], forwarding: &str| {
+        let mut want = vec![("ipv4/ip_forward".to_owned(), forwarding)];
+        for conf in ["all", "default", "lo"].iter().chain(ifaces) {
+            want.push((format!("ipv4/conf/{conf}/forwarding"), forwarding));
+            want.push((format!("ipv6/conf/{conf}/forwarding"), forwarding));
+            want.push((format!("ipv6/conf/{conf}/disable_ipv6"), "0"));
+        }
+        for conf in ["all", "default"].iter().chain(ifaces) {
+            want.push((format!("ipv6/conf/{conf}/accept_dad"), "0"));
+        }
+        let keys: Vec<String> = want.iter().map(|(k, _)| k.clone()).collect();
+        let got = sysctls_in(ns, &keys);
+        let got: Vec<(String, &str)> = keys
+            .into_iter()
+            .zip(got.iter().map(String::as_str))
+            .collect();
+        assert_eq!(got, want, "sysctls in {ns}");
+    };
+    let gw_ifaces = lab.gateway_ifaces();
+    let gw_ifaces: Vec<&str> = gw_ifaces.iter().map(String::as_str).collect();
+    expect(lab.gateway_ns(), &gw_ifaces, "1");
+    for host in lab.hosts() {
+        expect(&host.ns, &[&host.iface], "0");
+    }
+    // ... and the root namespace's settings are untouched.
     assert_eq!(read_root_sysctl("ipv4/ip_forward"), root_v4);
     assert_eq!(read_root_sysctl("ipv6/conf/all/forwarding"), root_v6);
     assert_eq!(read_root_sysctl("ipv6/conf/default/accept_dad"), root_dad);
@@ -235,6 +265,52 @@ fn namespaces_helpers_and_drop() {
     );
     assert!(spawn_in_netns("dfw-no-such-netns", Path::new("true"), &[]).is_err());
 
+    // Bounded commands in a namespace, with and without input.
+    let out = run_in_netns(&director.ns, "ip", &["-o", "addr", "show"], None).unwrap();
+    assert!(out.contains("198.18.2.10/24"), "{out}");
+    let out = run_in_netns(&director.ns, "cat", &[], Some("to cat\n")).unwrap();
+    assert_eq!(out, "to cat\n");
+    let err = run_in_netns(
+        &director.ns,
+        "ip",
+        &["link", "show", "dev", "nonesuch"],
+        None,
+    );
+    let err = format!("{:#}", err.unwrap_err());
+    assert!(
+        err.contains(&director.ns) && err.contains("nonesuch"),
+        "{err}"
+    );
+
+    // A link as `ip` shows it.
+    let link = link_info(&director.ns, &director.iface).unwrap();
+    let shown = ip_ns(
+        &director.ns,
+        &["-o", "link", "show", "dev", &director.iface],
+    )
+    .unwrap();
+    let mac: Vec<String> = link.mac.iter().map(|b| format!("{b:02x}")).collect();
+    assert!(shown.starts_with(&format!("{}: ", link.ifindex)), "{shown}");
+    assert!(
+        shown.contains(&format!("link/ether {} ", mac.join(":"))),
+        "{shown}"
+    );
+    assert!(link_info(&director.ns, "nonesuch").is_err());
+
+    // The closure of in_netns may borrow, and sysctls go to the namespace named.
+    let mut seen = Vec::new();
+    in_netns(&director.ns, || {
+        seen.push(std::fs::read_to_string(
+            "/proc/sys/net/ipv4/conf/all/rp_filter",
+        )?);
+        Ok(())
+    })
+    .unwrap();
+    let rp = format!("ipv4/conf/{}/rp_filter", director.iface);
+    write_sysctls(&director.ns, &[(&rp, "2")]).unwrap();
+    assert_eq!(sysctls_in(&director.ns, &[rp]), ["2"]);
+    assert_eq!(seen.len(), 1);
+
     drop(lab);
     assert!(
         our_netns(&prefix).is_empty(),
@@ -264,4 +340,109 @@ fn drop_deletes_only_what_was_created() {
     assert_eq!(our_netns(&prefix).len(), 2);
     drop(partial);
     assert!(our_netns(&prefix).is_empty());
+}
+
+#[test]
+fn write_sysctls_keeps_to_proc_sys_net() {
+    for key in [
+        "../../kernel/hostname",
+        "/ipv4/ip_forward",
+        "ipv4//ip_forward",
+        "ipv4/./x",
+        "",
+    ] {
+        let err = write_sysctls("dfw-no-such-netns", &[(key, "1")]).unwrap_err();
+        assert!(
+            format!("{err}").contains("is not a sysctl key"),
+            "{key}: {err:#}"
+        );
+    }
+}
+
+/// `sh -c SCRIPT` through the runner the lab's commands use.
+fn sh(script: &str, input: Option<&str>, timeout: Duration) -> Result<String> {
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", script]);
+    netns::run_bounded(cmd, &format!("sh -c {script:?}"), input, timeout)
+}
+
+#[test]
+fn bounded_commands() {
+    let limit = Duration::from_secs(10);
+    // Much output, and much input to a command that writes as it reads: neither blocks.
+    let out = sh("head -c 300000 /dev/zero | tr '\\0' x", None, limit).unwrap();
+    assert_eq!(out.len(), 300_000);
+    assert!(out.bytes().all(|b| b == b'x'));
+    let input = "0123456789abcdef\n".repeat(20_000);
+    assert_eq!(sh("cat", Some(&input), limit).unwrap(), input);
+
+    // The child leads a process group of its own.
+    let out = sh("echo $$ $(cut -d' ' -f5 /proc/$$/stat)", None, limit).unwrap();
+    let ids: Vec<&str> = out.split_whitespace().collect();
+    assert!(ids.len() == 2 && ids[0] == ids[1], "pid and pgid: {out}");
+
+    // A failure names the command and quotes its stderr.
+    let err = format!(
+        "{:#}",
+        sh("echo oops >&2; exit 3", None, limit).unwrap_err()
+    );
+    assert!(
+        err.contains("oops") && err.contains("exit status: 3"),
+        "{err}"
+    );
+    let err = netns::run_bounded(Command::new("dfw-no-such-program"), "x", None, limit);
+    assert!(format!("{:#}", err.unwrap_err()).contains("installed?"));
+
+    // Too long: stopped in time, with what it started in the background.
+    let file = std::env::temp_dir().join(format!("dfw-lab-bounded-{}", std::process::id()));
+    let script = format!("sleep 30 & echo $! > {}; wait", file.display());
+    let started = Instant::now();
+    let err = sh(&script, None, Duration::from_millis(300)).unwrap_err();
+    assert!(format!("{err}").contains("took longer"), "{err:#}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let pid = std::fs::read_to_string(&file).unwrap();
+    let _ = std::fs::remove_file(&file);
+    let stat = format!("/proc/{}/stat", pid.trim());
+    let gone = (0..100).any(|_| {
+        let state = std::fs::read_to_string(&stat).ok();
+        let gone = state.is_none_or(|s| s.contains(") Z "));
+        thread::sleep(Duration::from_millis(20));
+        gone
+    });
+    assert!(gone, "background sleep {} survived", pid.trim());
+}
+
+#[test]
+fn interrupt_guard_catches_and_restores() {
+    for signal in INTERRUPT_SIGNALS {
+        // SAFETY: reads the current action only.
+        let before = unsafe {
+            let mut old: libc::sigaction = std::mem::zeroed();
+            assert_eq!(libc::sigaction(signal, std::ptr::null(), &mut old), 0);
+            old.sa_sigaction
+        };
+        let guard = InterruptGuard::install().unwrap();
+        assert!(!interrupted());
+        check_interrupted().unwrap();
+        // SAFETY: the guard's handler only sets a flag.
+        assert_eq!(unsafe { libc::raise(signal) }, 0);
+        assert!(interrupted(), "signal {signal}");
+        assert!(format!("{}", check_interrupted().unwrap_err()).contains("interrupted"));
+        drop(guard);
+        // SAFETY: reads the current action only.
+        let after = unsafe {
+            let mut now: libc::sigaction = std::mem::zeroed();
+            assert_eq!(libc::sigaction(signal, std::ptr::null(), &mut now), 0);
+            now.sa_sigaction
+        };
+        assert_eq!(after, before, "signal {signal}: handler not restored");
+    }
+    // A new guard starts with the flag clear.
+    let guard = InterruptGuard::install().unwrap();
+    assert!(!interrupted());
+    drop(guard);
 }

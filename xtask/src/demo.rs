@@ -17,13 +17,12 @@
 use std::ffi::OsStr;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use director_fw_lab::{
-    agent_pin_dir, cli, netns_command, tcp_exchange, udp_exchange, Agent, AgentOptions,
-    Conversation, InstanceGuard, Lab, Role,
+    agent_pin_dir, check_interrupted, cli, netns_command, tcp_exchange, udp_exchange, Agent,
+    AgentOptions, Conversation, InstanceGuard, InterruptGuard, Lab, Role,
 };
 
 use crate::process;
@@ -179,7 +178,7 @@ const ATTEMPTS: &[Attempt] = &[
 ];
 
 pub fn run(_args: &[String]) -> Result<()> {
-    let _signals = SignalGuard::install()?;
+    let _signals = InterruptGuard::install()?;
     let started = Instant::now();
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
@@ -240,12 +239,20 @@ pub fn run(_args: &[String]) -> Result<()> {
         demo.lab.gateway_ns(),
         demo.lab.gateway_ifaces().join(", ")
     );
-    check_interrupt()?;
+    check_interrupted()?;
 
-    step(2, "writing the policy file: every role's host but the internal clients'");
+    step(
+        2,
+        "writing the policy file: every role's host but the internal clients'",
+    );
     let client = demo.lab.host(InternalClients).clone();
     let mut peers = String::from("[peers]\n");
-    for h in demo.lab.hosts().iter().filter(|h| h.role.is_peer() && h.role != InternalClients) {
+    for h in demo
+        .lab
+        .hosts()
+        .iter()
+        .filter(|h| h.role.is_peer() && h.role != InternalClients)
+    {
         peers += &format!("{:<16} = [\"{}\", \"{}\"]\n", h.role.name(), h.v4, h.v6);
     }
     let policy = format!("profile = \"lync2013-single-director\"\n\n{peers}");
@@ -253,7 +260,7 @@ pub fn run(_args: &[String]) -> Result<()> {
         .with_context(|| format!("writing {}", demo.policy_file.display()))?;
     println!("  {}:", demo.policy_file.display());
     print_indented(&policy);
-    check_interrupt()?;
+    check_interrupted()?;
 
     step(
         3,
@@ -264,7 +271,11 @@ pub fn run(_args: &[String]) -> Result<()> {
     for iface in &ifaces {
         args.extend([OsStr::new("--iface"), OsStr::new(iface)]);
     }
-    args.extend([OsStr::new("--mode"), OsStr::new("xdp"), OsStr::new("--policy")]);
+    args.extend([
+        OsStr::new("--mode"),
+        OsStr::new("xdp"),
+        OsStr::new("--policy"),
+    ]);
     let policy_file = demo.policy_file.clone();
     args.push(policy_file.as_os_str());
     let mut shown = netns_command(demo.lab.gateway_ns(), &binary)?;
@@ -273,14 +284,17 @@ pub fn run(_args: &[String]) -> Result<()> {
     demo.start_agent(&binary, &args)?;
     println!("  $ director-fw status   (the agent answers once it enforces)");
     print_indented(&demo.cli(&["status"])?);
-    check_interrupt()?;
+    check_interrupted()?;
 
     step(4, "the policy in force (`director-fw policy show`)");
     print_indented(&demo.cli(&["policy", "show"])?);
-    check_interrupt()?;
+    check_interrupted()?;
 
     let mut unexpected = Vec::new();
-    step(5, "a peer added at runtime connects at once (`director-fw peers add`)");
+    step(
+        5,
+        "a peer added at runtime connects at once (`director-fw peers add`)",
+    );
     print_header();
     let before = tcp(InternalClients, Director, 443, false, Expect::Denied);
     unexpected.extend(drive(&demo.lab, &before));
@@ -289,23 +303,32 @@ pub fn run(_args: &[String]) -> Result<()> {
     print_indented(&demo.cli(&["peers", "add", "internal-clients", &v4, &v6])?);
     print_header();
     for ipv6 in [false, true] {
-        let after = tcp(InternalClients, Director, 443, ipv6, Expect::Rule("clients-director-https"));
+        let after = tcp(
+            InternalClients,
+            Director,
+            443,
+            ipv6,
+            Expect::Rule("clients-director-https"),
+        );
         unexpected.extend(drive(&demo.lab, &after));
     }
-    check_interrupt()?;
+    check_interrupted()?;
 
     step(6, "driving real connections through the gateway");
     print_header();
     for attempt in ATTEMPTS {
-        check_interrupt()?;
+        check_interrupted()?;
         unexpected.extend(drive(&demo.lab, attempt));
     }
-    check_interrupt()?;
+    check_interrupted()?;
 
     step(7, "the live counters (`director-fw stats`)");
     print_indented(&demo.cli(&["stats"])?);
 
-    step(8, "kill -9 of the agent while a connection is open: the datapath keeps enforcing");
+    step(
+        8,
+        "kill -9 of the agent while a connection is open: the datapath keeps enforcing",
+    );
     let mut talk = Conversation::open(&client, demo.lab.host(Director), 443, false, PASS_TIMEOUT)
         .context("opening a connection from the internal clients to the Director")?;
     talk.exchange()?;
@@ -317,16 +340,27 @@ pub fn run(_args: &[String]) -> Result<()> {
     demo.agent = None;
     for _ in 0..20 {
         if let Err(e) = talk.exchange() {
-            unexpected.push(format!("the open connection broke without the agent: {e:#}"));
+            unexpected.push(format!(
+                "the open connection broke without the agent: {e:#}"
+            ));
             break;
         }
     }
-    println!("  the open connection exchanged {} messages each way, with no agent running", talk.rounds());
+    println!(
+        "  the open connection exchanged {} messages each way, with no agent running",
+        talk.rounds()
+    );
     print_header();
-    unexpected.extend(drive(&demo.lab, &tcp(Outsider, Director, 443, false, Expect::Denied)));
-    check_interrupt()?;
+    unexpected.extend(drive(
+        &demo.lab,
+        &tcp(Outsider, Director, 443, false, Expect::Denied),
+    ));
+    check_interrupted()?;
 
-    step(9, "a new agent adopts the pinned datapath, with its flows and counters");
+    step(
+        9,
+        "a new agent adopts the pinned datapath, with its flows and counters",
+    );
     demo.start_agent(&binary, &args)?;
     print_indented(&demo.cli(&["status"])?);
     talk.exchange()?;
@@ -337,7 +371,10 @@ pub fn run(_args: &[String]) -> Result<()> {
     }
     drop(talk);
 
-    step(10, "detaching (`director-fw detach --yes`) and removing the lab");
+    step(
+        10,
+        "detaching (`director-fw detach --yes`) and removing the lab",
+    );
     drop(demo.agent.take());
     print_indented(&demo.cli(&["detach", "--yes"])?);
     let pins = agent_pin_dir(&instance);
@@ -456,7 +493,7 @@ impl Demo {
         )?;
         self.agent
             .insert(agent)
-            .wait_ready_with(Agent::START_TIMEOUT, check_interrupt)
+            .wait_ready_with(Agent::START_TIMEOUT, check_interrupted)
             .context("the agent did not start")
     }
 
@@ -510,62 +547,5 @@ fn step(n: u32, what: &str) {
 fn print_indented(text: &str) {
     for line in text.lines() {
         println!("    {line}");
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Ctrl-C: the handler only sets a flag; the demo checks it between steps and unwinds normally,
-// so every Drop above runs.
-// ---------------------------------------------------------------------------------------------
-
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_signal: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
-fn check_interrupt() -> Result<()> {
-    if INTERRUPTED.load(Ordering::SeqCst) {
-        bail!("interrupted; the agent was stopped and the lab removed");
-    }
-    Ok(())
-}
-
-/// Catches SIGINT and SIGTERM while the demo runs; restores the previous handlers on drop.
-struct SignalGuard {
-    previous: Vec<(libc::c_int, libc::sigaction)>,
-}
-
-impl SignalGuard {
-    fn install() -> Result<SignalGuard> {
-        let mut guard = SignalGuard {
-            previous: Vec::new(),
-        };
-        for signal in [libc::SIGINT, libc::SIGTERM] {
-            // SAFETY: zeroed sigaction is a valid "no flags, empty mask" value; the handler only
-            // stores to an atomic, which is async-signal-safe.
-            unsafe {
-                let mut action: libc::sigaction = std::mem::zeroed();
-                action.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
-                action.sa_flags = libc::SA_RESTART;
-                libc::sigemptyset(&mut action.sa_mask);
-                let mut old: libc::sigaction = std::mem::zeroed();
-                if libc::sigaction(signal, &action, &mut old) != 0 {
-                    return Err(std::io::Error::last_os_error())
-                        .context("installing the Ctrl-C handler");
-                }
-                guard.previous.push((signal, old));
-            }
-        }
-        Ok(guard)
-    }
-}
-
-impl Drop for SignalGuard {
-    fn drop(&mut self) {
-        for (signal, old) in &self.previous {
-            // SAFETY: restores an action the kernel handed back to us.
-            unsafe { libc::sigaction(*signal, old, std::ptr::null_mut()) };
-        }
     }
 }

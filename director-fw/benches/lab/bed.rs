@@ -25,22 +25,23 @@ impl Bed {
         let sink = lab.host(Role::Director).clone();
         let outsider = lab.host(Role::Outsider).clone();
         let gw = lab.gateway_ns().to_owned();
-        for key in [
-            "ipv4/conf/all/rp_filter".to_owned(),
-            "ipv4/conf/default/rp_filter".to_owned(),
-            format!("ipv4/conf/{}/rp_filter", src.gw_iface),
-        ] {
-            write_sysctl(&gw, &key, "0")?;
-        }
+        write_sysctls(
+            &gw,
+            &[
+                ("ipv4/conf/all/rp_filter", "0"),
+                ("ipv4/conf/default/rp_filter", "0"),
+                (&format!("ipv4/conf/{}/rp_filter", src.gw_iface), "0"),
+            ],
+        )?;
         let allow = format!("{}/{ALLOW_PREFIX}", std::net::Ipv4Addr::from(ALLOW_NET));
         let deny = format!("{}/{DENY_PREFIX}", std::net::Ipv4Addr::from(DENY_NET));
-        ip_in(&gw, &["route", "add", &allow, "via", &src.v4.to_string()])?;
-        ip_in(
+        ip_ns(&gw, &["route", "add", &allow, "via", &src.v4.to_string()])?;
+        ip_ns(
             &gw,
             &["route", "add", &deny, "via", &outsider.v4.to_string()],
         )?;
-        let sink_mac = mac_of(&sink.ns, &sink.iface)?;
-        ip_in(
+        let sink_mac = link_info(&sink.ns, &sink.iface)?.mac;
+        ip_ns(
             &gw,
             &[
                 "neigh",
@@ -56,14 +57,12 @@ impl Bed {
         )?;
         // NAPI on the gateway's ingress veth: without it (no XDP program, GRO off) frames
         // sent to it by XDP are dropped.
-        run_in(&gw, "ethtool", &["-K", &src.gw_iface, "gro", "on"], None)?;
-        let src_ifindex = link_json(&src.ns, &src.iface)?["ifindex"]
-            .as_u64()
-            .context("no ifindex")? as u32;
+        run_in_netns(&gw, "ethtool", &["-K", &src.gw_iface, "gro", "on"], None)?;
+        let src_link = link_info(&src.ns, &src.iface)?;
         Ok(Bed {
-            gw_in_mac: mac_of(&gw, &src.gw_iface)?,
-            src_mac: mac_of(&src.ns, &src.iface)?,
-            src_ifindex,
+            gw_in_mac: link_info(&gw, &src.gw_iface)?.mac,
+            src_mac: src_link.mac,
+            src_ifindex: src_link.ifindex,
             gw,
             gw_in: src.gw_iface,
             src_ns: src.ns,

@@ -95,7 +95,7 @@ pub(crate) enum Installed<'a> {
     Nothing,
     Drop(XdpDropGuard<'a>),
     // The link is held, not pinned: dropping it detaches.
-    Dfw(Datapath, FdLink),
+    Dfw(Box<Datapath>, FdLink),
     Nft(NftGuard),
     Iptables(IptablesGuard),
     XdpFilter(XdpFilterGuard),
@@ -122,7 +122,7 @@ pub(crate) const NFT_TABLE: &str = "dfw_bench";
 
 impl Drop for NftGuard {
     fn drop(&mut self) {
-        if let Err(e) = run_in(
+        if let Err(e) = run_in_netns(
             &self.ns,
             "nft",
             &["delete", "table", "inet", NFT_TABLE],
@@ -141,7 +141,7 @@ impl Drop for IptablesGuard {
     fn drop(&mut self) {
         let empty =
             "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n";
-        if let Err(e) = run_in(&self.ns, "iptables-legacy-restore", &[], Some(empty)) {
+        if let Err(e) = run_in_netns(&self.ns, "iptables-legacy-restore", &[], Some(empty)) {
             eprintln!("lab bench: emptying the iptables rules: {e:#}");
         }
     }
@@ -159,7 +159,7 @@ pub(crate) struct XdpFilterGuard {
 
 impl Drop for XdpFilterGuard {
     fn drop(&mut self) {
-        if let Err(e) = run_in(&self.ns, "xdp-filter", &["unload", &self.iface], None) {
+        if let Err(e) = run_in_netns(&self.ns, "xdp-filter", &["unload", &self.iface], None) {
             eprintln!("lab bench: unloading xdp-filter: {e:#}");
         }
         // xdp-filter pins its maps machine-wide, and an interrupted load or a failed unload
@@ -434,7 +434,7 @@ impl Filters {
                     program,
                     link: None,
                 };
-                let link = with_netns(&gw, || {
+                let link = in_netns(&gw, || {
                     guard
                         .program
                         .attach(&iface, XdpMode::Driver)
@@ -463,17 +463,17 @@ impl Filters {
                     }
                     Ok((datapath, link))
                 })?;
-                Installed::Dfw(datapath, link)
+                Installed::Dfw(Box::new(datapath), link)
             }
             Filter::Nft => {
                 let guard = NftGuard { ns: gw.clone() };
-                run_in(&gw, "nft", &["-f", "-"], Some(&self.nft))
+                run_in_netns(&gw, "nft", &["-f", "-"], Some(&self.nft))
                     .context("loading the nftables ruleset")?;
                 Installed::Nft(guard)
             }
             Filter::Iptables => {
                 let guard = IptablesGuard { ns: gw.clone() };
-                run_in(&gw, "iptables-legacy-restore", &[], Some(&self.iptables))
+                run_in_netns(&gw, "iptables-legacy-restore", &[], Some(&self.iptables))
                     .context("loading the iptables rules")?;
                 Installed::Iptables(guard)
             }
@@ -488,7 +488,7 @@ impl Filters {
                     iface: iface.clone(),
                     remove_libxdp_dir: !Path::new(LIBXDP_PINS).exists(),
                 };
-                run_in(
+                run_in_netns(
                     &gw,
                     "xdp-filter",
                     &[
@@ -508,7 +508,7 @@ impl Filters {
                     None,
                 )?;
                 let port = DENY_PORT.to_string();
-                run_in(
+                run_in_netns(
                     &gw,
                     "xdp-filter",
                     &["port", "--mode", "dst", "--proto", "tcp", &port],

@@ -60,16 +60,13 @@ mod shared;
 
 mod bed;
 mod filters;
-mod netns;
 mod report;
 mod traffic;
 
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
-    fs::{self, File},
-    io::Write as _,
-    os::{fd::AsRawFd, unix::fs::MetadataExt},
+    fs,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::atomic::{AtomicBool, Ordering},
@@ -80,7 +77,9 @@ use std::{
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use aya::{
     maps::{Array, HashMap, PerCpuArray},
-    programs::{links::FdLink, xdp::XdpLinkId, TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
+    programs::{
+        links::FdLink, xdp::XdpLinkId, TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode,
+    },
     Ebpf, EbpfLoader, Pod,
 };
 use director_fw::{
@@ -88,14 +87,16 @@ use director_fw::{
     policy::{IcmpEcho, Source, Unprotected},
     AttachMode, Datapath, Policy,
 };
-use director_fw_lab::{in_netns, netns_command, netns_path, Lab, Role};
+use director_fw_lab::{
+    check_interrupted, in_netns, ip_ns, link_info, run_in_netns, write_sysctls, InterruptGuard,
+    Lab, Role,
+};
 use ipnet::IpNet;
 use serde_json::{json, Value};
 use shared::{median, min_max};
 
 use bed::*;
 use filters::*;
-use netns::*;
 use report::*;
 use traffic::*;
 
@@ -115,21 +116,6 @@ const ALLOW_PORT: u16 = 443;
 const DENY_PORT: u16 = 22;
 const TCP_SYN: u8 = 0x02;
 const TCP_ACK: u8 = 0x10;
-
-/// Set by SIGINT/SIGTERM: the bench stops at the next check and cleans up.
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
-fn check_interrupted() -> Result<()> {
-    ensure!(
-        !INTERRUPTED.load(Ordering::SeqCst),
-        "interrupted; cleaning up"
-    );
-    Ok(())
-}
 
 /// Lab throughput: packets per second through the lab's gateway, filter by filter.
 #[derive(clap::Parser)]
@@ -209,12 +195,9 @@ fn main() -> Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("the lab bench builds network namespaces and loads eBPF programs: it needs root; run `cargo xtask bench`");
     }
-    // SAFETY: the handler only stores to an atomic.
-    unsafe {
-        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGHUP, on_signal as *const () as libc::sighandler_t);
-    }
+    // SIGINT, SIGTERM and SIGHUP only set a flag from here on: the bench stops at its next
+    // check and unwinds, removing filters, labs and pins. Declared first, dropped last.
+    let _interrupts = InterruptGuard::install()?;
     let started = Instant::now();
     let object = floors_object()?;
     let cpu = shared::last_cpu()?;

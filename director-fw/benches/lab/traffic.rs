@@ -109,7 +109,7 @@ impl Traffic {
             .context("no program lab_sink")?
             .try_into()?;
         let iface = bed.sink_iface.clone();
-        let link = with_netns(&bed.sink_ns, || {
+        let link = in_netns(&bed.sink_ns, || {
             program
                 .attach(&iface, XdpMode::Driver)
                 .with_context(|| format!("attaching the sink to {iface}"))
@@ -172,13 +172,13 @@ pub(crate) struct Snapshot {
 
 pub(crate) fn snapshot(traffic: &Traffic, bed: &Bed) -> Result<Snapshot> {
     let before = Instant::now();
-    let (rx, rx_dropped) = rx_counters(&bed.gw, &bed.gw_in)?;
+    let link = link_info(&bed.gw, &bed.gw_in)?;
     let after = Instant::now();
     Ok(Snapshot {
         at: before + (after - before) / 2,
         made: traffic.per_cpu_sum("GEN_COUNT", 1)? + traffic.per_cpu_sum("GEN_COUNT", 2)?,
-        rx,
-        rx_dropped,
+        rx: link.rx_packets,
+        rx_dropped: link.rx_dropped,
         sink: [
             traffic.per_cpu_sum("SINK_COUNT", 0)?,
             traffic.per_cpu_sum("SINK_COUNT", 1)?,
@@ -187,7 +187,8 @@ pub(crate) fn snapshot(traffic: &Traffic, bed: &Bed) -> Result<Snapshot> {
     })
 }
 
-/// One generator thread: live-frames runs of `lab_gen` on the source veth until `stop`.
+/// One generator thread, in the source's namespace: live-frames runs of `lab_gen` on the
+/// source veth until `stop`.
 pub(crate) fn generate(
     program: &Xdp,
     bed: &Bed,
@@ -195,7 +196,6 @@ pub(crate) fn generate(
     stop: &AtomicBool,
     end: Instant,
 ) -> Result<()> {
-    enter_netns(&bed.src_ns)?;
     shared::pin_thread(cpu)?;
     let frame = [0u8; FRAME_LEN];
     // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
@@ -240,7 +240,9 @@ pub(crate) fn measure(
     let end = Instant::now() + warmup + window + Duration::from_secs(5);
     thread::scope(|scope| -> Result<Sample> {
         let threads: Vec<_> = (0..2)
-            .map(|_| scope.spawn(|| generate(program, bed, cpu, &stop, end)))
+            .map(|_| {
+                scope.spawn(|| in_netns(&bed.src_ns, || generate(program, bed, cpu, &stop, end)))
+            })
             .collect();
         let result = (|| -> Result<Sample> {
             thread::sleep(warmup);
