@@ -2,7 +2,7 @@
 //! port policy on Linux gateways. This library holds everything the `director-fw` binary
 //! does; each subcommand is a thin call into it.
 //!
-//! - `policy`, `compile`, `host_table`, `model`, `explain`: the policy and its meaning (pure);
+//! - `policy`, `compile`, `model`, `explain`: the policy and its meaning (pure);
 //! - `datapath`: the kernel side, the only module that uses aya;
 //! - `instance`: every path of an instance;
 //! - `agent`: the running agent; `control`: its socket protocol, server and client;
@@ -13,7 +13,6 @@ pub mod compile;
 pub mod control;
 pub mod datapath;
 pub mod explain;
-pub mod host_table;
 pub mod instance;
 pub mod model;
 pub mod policy;

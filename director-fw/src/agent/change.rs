@@ -7,18 +7,22 @@ use std::time::{Duration, Instant, SystemTime};
 
 use director_fw_common::Verdict;
 
+use std::collections::HashSet;
+
+use ipnet::IpNet;
+
 use crate::{
-    compile::compile_with_slots,
+    compile::{Incremental, NeedsFull},
     control::protocol::{
         Change, PendingConfirm, PolicySource, PolicyView, Request, Response, RuleView, Status,
     },
     datapath::DatapathError,
     explain,
-    policy::{format_ports, profile, PeerEntry, RuntimePeers},
+    policy::{format_ports, profile, Peer, PeerEntry, RoleId, RuntimePeers},
     stats,
 };
 
-use super::{lifecycle::take_over, timestamp, Agent, AgentError, Pending, Source, State};
+use super::{lifecycle::take_over, timestamp, Agent, AgentError, Kernel, Pending, Source, State};
 
 impl Agent {
     /// Answers one control request.
@@ -28,27 +32,11 @@ impl Agent {
             Request::Status => Ok(Response::Status(self.status())),
             Request::PeersList { role } => self.list(role.as_deref()),
             Request::PeersAdd { role, cidrs } => self
-                .state
-                .peers
-                .add(&self.source.policy, &role, &cidrs)
-                .map_err(AgentError::from)
-                .and_then(|peers| {
-                    let n = peers.len() - self.state.peers.len();
-                    self.commit(self.source.clone(), peers, self.audit_switch)?;
-                    Ok(format!("added {n} peer(s) to {role}"))
-                })
-                .map(|m| self.changed(m, received)),
+                .change_peers(&role, &cidrs, true)
+                .map(|n| self.changed(format!("added {n} peer(s) to {role}"), received)),
             Request::PeersDel { role, cidrs } => self
-                .state
-                .peers
-                .del(&self.source.policy, &role, &cidrs)
-                .map_err(AgentError::from)
-                .and_then(|peers| {
-                    let n = self.state.peers.len() - peers.len();
-                    self.commit(self.source.clone(), peers, self.audit_switch)?;
-                    Ok(format!("removed {n} peer(s) from {role}"))
-                })
-                .map(|m| self.changed(m, received)),
+                .change_peers(&role, &cidrs, false)
+                .map(|n| self.changed(format!("removed {n} peer(s) from {role}"), received)),
             Request::PolicyReload {
                 file,
                 confirm_within,
@@ -94,7 +82,7 @@ impl Agent {
     fn changed(&self, message: String, received: Instant) -> Response {
         Response::Changed(Change {
             message,
-            generation: self.maps.generation(),
+            generation: self.kernel.maps.generation(),
             micros: received.elapsed().as_micros() as u64,
         })
     }
@@ -111,7 +99,8 @@ impl Agent {
         effective.options.audit =
             audit_switch.unwrap_or(source.policy.options.audit || self.audit_flag);
         let assigned = self.state.rule_slots.assign(&effective);
-        let compiled = compile_with_slots(&effective, &assigned.slots)?;
+        let live = Incremental::new(&effective, &assigned.slots)?;
+        let compiled = live.compiled();
         let state = State {
             peers,
             rule_slots: assigned.table,
@@ -119,7 +108,8 @@ impl Agent {
         };
         let path = self.instance.state_file();
         state.save(&path)?;
-        let installed = self.install(&compiled, &assigned.fresh);
+        let flows = self.effective.options.flow_table_size;
+        let installed = self.kernel.install(compiled, &assigned.fresh, flows);
         if let Err(err) = installed {
             // The kernel did not change; neither does the saved state.
             if let Err(undo) = self.state.save(&path) {
@@ -140,35 +130,84 @@ impl Agent {
         self.state = state;
         self.effective = effective;
         self.slots = assigned.slots;
+        self.live = live;
         self.audit_switch = audit_switch;
         self.last_change = SystemTime::now();
         Ok(())
     }
 
-    /// Installs in one generation switch, or, when the policy has outgrown the maps, loads
-    /// maps of a new size and puts their program under the links in one step.
-    fn install(&mut self, compiled: &crate::Compiled, fresh: &[u32]) -> Result<(), AgentError> {
-        for &slot in fresh {
-            self.counters.zero(Verdict::Rule(slot).slot())?;
+    /// Adds `cidrs` to `role` or removes them, all or none, without compiling the whole
+    /// policy again when they are hosts. Returns how many peers changed.
+    fn change_peers(
+        &mut self,
+        role: &str,
+        cidrs: &[String],
+        add: bool,
+    ) -> Result<usize, AgentError> {
+        let file = &self.source.policy;
+        let peers = if add {
+            self.state.peers.add(file, role, cidrs)?
+        } else {
+            self.state.peers.del(file, role, cidrs)?
+        };
+        let before = self.state.peers.nets(role);
+        let after = peers.nets(role);
+        let changed: Vec<IpNet> = before.symmetric_difference(&after).copied().collect();
+        if changed.is_empty() {
+            return Ok(0);
         }
-        match self.maps.install(compiled) {
-            Ok(_) => Ok(()),
-            Err(DatapathError::DoesNotFit(why)) => {
-                eprintln!("director-fw: the policy outgrows its maps ({why}); loading larger ones");
-                let (maps, counters) = take_over(
-                    &self.pins,
-                    &self.object,
-                    compiled,
-                    self.effective.options.flow_table_size,
-                    self.mode,
-                    &[],
-                    &self.ifaces,
-                )?;
-                self.maps = maps;
-                self.counters = counters;
-                Ok(())
+        let role_id = file.role(role).expect("checked by add and del");
+        let state = State {
+            peers,
+            ..self.state.clone()
+        };
+        let path = self.instance.state_file();
+        state.save(&path)?;
+        self.set_peers(role_id, &changed, add);
+        let compiled = match self
+            .live
+            .change(&self.effective, &self.slots, role_id, &changed, add)
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(NeedsFull)) => Incremental::new(&self.effective, &self.slots).map(|live| {
+                self.live = live;
+            }),
+            Err(err) => Err(err),
+        };
+        let flows = self.effective.options.flow_table_size;
+        let result = compiled
+            .map_err(AgentError::from)
+            .and_then(|()| self.kernel.install(self.live.compiled(), &[], flows));
+        if let Err(err) = result {
+            // Back to the policy in force, in memory and on disk; the kernel did not change.
+            self.set_peers(role_id, &changed, !add);
+            if let Ok(live) = Incremental::new(&self.effective, &self.slots) {
+                self.live = live;
             }
-            Err(err) => Err(err.into()),
+            if let Err(undo) = self.state.save(&path) {
+                eprintln!(
+                    "director-fw: warning: could not restore {}: {undo}",
+                    path.display()
+                );
+            }
+            return Err(err);
+        }
+        self.state = state;
+        self.last_change = SystemTime::now();
+        Ok(changed.len())
+    }
+
+    /// Adds or removes the runtime peers `nets` of `role` in the policy in force.
+    fn set_peers(&mut self, role: RoleId, nets: &[IpNet], add: bool) {
+        if add {
+            self.effective
+                .peers
+                .extend(nets.iter().map(|&net| Peer { role, net }));
+        } else {
+            let gone: HashSet<&IpNet> = nets.iter().collect();
+            self.effective
+                .peers
+                .retain(|p| p.role != role || !gone.contains(&p.net));
         }
     }
 
@@ -242,8 +281,8 @@ impl Agent {
         Status {
             pid: std::process::id(),
             instance: self.instance.name.clone(),
-            interfaces: self.ifaces.clone(),
-            mode: self.mode.name().into(),
+            interfaces: self.kernel.ifaces.clone(),
+            mode: self.kernel.mode.name().into(),
             policy: PolicySource {
                 source: self.source.policy.source.clone(),
                 sha256: self.source.sha256.clone(),
@@ -251,7 +290,7 @@ impl Agent {
             peers: self.effective.peers.len(),
             runtime_peers: self.state.peers.len(),
             audit: self.effective.options.audit,
-            generation: self.maps.generation(),
+            generation: self.kernel.maps.generation(),
             start: self.start.into(),
             started_at: timestamp(self.started_at),
             last_change: timestamp(self.last_change),
@@ -313,8 +352,42 @@ impl Agent {
             .zip(&self.slots)
             .map(|(r, &s)| (r.id.clone(), s))
             .collect();
-        Ok(stats::collect(&rules, &self.ifaces, |slot| {
-            self.counters.get(slot)
+        Ok(stats::collect(&rules, &self.kernel.ifaces, |slot| {
+            self.kernel.counters.get(slot)
         })?)
+    }
+}
+
+impl Kernel {
+    /// Installs in one generation switch, or, when the policy has outgrown the maps, loads
+    /// maps of a new size and puts their program under the links in one step.
+    fn install(
+        &mut self,
+        compiled: &crate::Compiled,
+        fresh: &[u32],
+        flow_table_size: u32,
+    ) -> Result<(), AgentError> {
+        for &slot in fresh {
+            self.counters.zero(Verdict::Rule(slot).slot())?;
+        }
+        match self.maps.install(compiled) {
+            Ok(_) => Ok(()),
+            Err(DatapathError::DoesNotFit(why)) => {
+                eprintln!("director-fw: the policy outgrows its maps ({why}); loading larger ones");
+                let (maps, counters) = take_over(
+                    &self.pins,
+                    &self.object,
+                    compiled,
+                    flow_table_size,
+                    self.mode,
+                    &[],
+                    &self.ifaces,
+                )?;
+                self.maps = maps;
+                self.counters = counters;
+                Ok(())
+            }
+            Err(err) => Err(err.into()),
+        }
     }
 }

@@ -6,12 +6,12 @@
 use std::{borrow::Cow, collections::BTreeSet, path::PathBuf, time::SystemTime};
 
 use crate::{
-    compile::{compile_with_slots, Compiled},
+    compile::{Compiled, Incremental},
     datapath::{self, object_id, AttachMode, Capacity, Counters, Datapath, PolicyMaps, OBJECT},
     instance::{ensure_bpffs, Instance},
 };
 
-use super::{Agent, AgentError, Source, State};
+use super::{Agent, AgentError, Kernel, Source, State};
 
 /// What `director-fw run` asks for.
 #[derive(Clone, Debug)]
@@ -41,7 +41,8 @@ impl Agent {
         let mut effective = peers.apply(&source.policy);
         effective.options.audit |= options.audit;
         let assigned = state.rule_slots.assign(&effective);
-        let compiled = compile_with_slots(&effective, &assigned.slots)?;
+        let live = Incremental::new(&effective, &assigned.slots)?;
+        let compiled = live.compiled();
         let state = State {
             peers,
             rule_slots: assigned.table,
@@ -74,9 +75,9 @@ impl Agent {
         let fresh_slots = assigned.fresh;
 
         let (maps, counters, start) = if !pins.exist() {
-            let mut dp = load(&object, &compiled, flows, options.mode, None)?;
+            let mut dp = load(&object, compiled, flows, options.mode, None)?;
             zero(&mut dp.state.counters, &fresh_slots)?;
-            dp.policy.install(&compiled)?;
+            dp.policy.install(compiled)?;
             let mut links = Vec::new();
             for iface in &options.ifaces {
                 // An error drops the links made so far, which detaches them: nothing was
@@ -100,16 +101,16 @@ impl Agent {
                 .iter()
                 .all(|i| pinned.iter().any(|l| &l.iface == i));
             match pins.adopt(&id)? {
-                Some(mut adopted) if all_pinned && adopted.policy.fits(&compiled).is_ok() => {
+                Some(mut adopted) if all_pinned && adopted.policy.fits(compiled).is_ok() => {
                     zero(&mut adopted.counters, &fresh_slots)?;
-                    adopted.policy.install(&compiled)?;
+                    adopted.policy.install(compiled)?;
                     (adopted.policy, adopted.counters, "adopted")
                 }
                 _ => {
                     let (maps, counters) = take_over(
                         &pins,
                         &object,
-                        &compiled,
+                        compiled,
                         flows,
                         options.mode,
                         &fresh_slots,
@@ -122,10 +123,14 @@ impl Agent {
         state.save(&instance.state_file())?;
         let now = SystemTime::now();
         Ok(Agent {
-            pins,
-            ifaces: options.ifaces,
-            mode: options.mode,
-            object,
+            kernel: Kernel {
+                pins,
+                ifaces: options.ifaces,
+                mode: options.mode,
+                object,
+                maps,
+                counters,
+            },
             object_id: id,
             audit_flag: options.audit,
             audit_switch: None,
@@ -133,8 +138,7 @@ impl Agent {
             state,
             effective,
             slots: assigned.slots,
-            maps,
-            counters,
+            live,
             start,
             started_at: now,
             last_change: now,

@@ -24,6 +24,7 @@ pub use slots::RuleSlots;
 pub use state::{State, StateError};
 
 use crate::{
+    compile::Incremental,
     datapath::{AttachMode, Counters, DatapathError, Pins, PolicyMaps},
     instance::{Instance, InstanceError, Lock},
     policy::{PeerError, Policy, PolicyError},
@@ -89,13 +90,21 @@ struct Pending {
     previous: Source,
 }
 
-pub struct Agent {
-    instance: Instance,
-    _lock: Lock,
+/// The datapath the agent drives: where it is pinned and attached, the object it loads, and
+/// the live maps it writes.
+struct Kernel {
     pins: Pins,
     ifaces: Vec<String>,
     mode: AttachMode,
     object: Cow<'static, [u8]>,
+    maps: PolicyMaps,
+    counters: Counters,
+}
+
+pub struct Agent {
+    instance: Instance,
+    _lock: Lock,
+    kernel: Kernel,
     object_id: String,
     /// `run --audit`: audit whatever the file says.
     audit_flag: bool,
@@ -107,8 +116,8 @@ pub struct Agent {
     effective: Policy,
     /// Counter slot of each rule of `effective`.
     slots: Vec<u32>,
-    maps: PolicyMaps,
-    counters: Counters,
+    /// `effective` compiled, kept up to date peer by peer.
+    live: Incremental,
     start: &'static str,
     started_at: SystemTime,
     last_change: SystemTime,

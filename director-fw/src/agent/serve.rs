@@ -73,7 +73,7 @@ pub fn run(instance: Instance, options: RunOptions) -> Result<(), AgentError> {
         }
         eprintln!(
             "director-fw: stopping; the datapath stays attached to {} and keeps enforcing (`director-fw detach` removes it)",
-            agent.ifaces.join(", ")
+            agent.kernel.ifaces.join(", ")
         );
         Ok(())
     })

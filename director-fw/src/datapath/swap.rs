@@ -6,7 +6,9 @@
 //! writes the whole policy into the other generation, then flips `ACTIVE` with one word: each
 //! packet sees the old policy or the new one, never a mix. Before a generation is written again,
 //! a grace period (`membarrier(MEMBARRIER_CMD_GLOBAL)`, which waits for an RCU grace period)
-//! lets every packet that may still be reading it finish.
+//! lets every packet that may still be reading it finish. The grace period starts on a thread
+//! of its own right after the flip, so a change waits for it only when it comes within a
+//! grace period of the one before.
 //!
 //! A `PolicyMaps` only comes from [`super::Datapath::load`] (new, empty maps) or from
 //! [`super::Pins::adopt`] (the live ones); either way the only write it offers is `install`.
@@ -63,8 +65,8 @@ pub struct PolicyMaps {
     capacity: Capacity,
     generation: u32,
     held: [Held; 2],
-    /// A generation was left since the last grace period.
-    grace_due: bool,
+    /// The grace period after the last flip, running; `None` once it has been waited for.
+    grace: Option<std::thread::JoinHandle<()>>,
 }
 
 impl PolicyMaps {
@@ -115,7 +117,7 @@ impl PolicyMaps {
             capacity,
             generation: 0,
             held: Default::default(),
-            grace_due: false,
+            grace: None,
         })
     }
 
@@ -140,7 +142,7 @@ impl PolicyMaps {
             maps.held[generation] = held;
         }
         // The agent that flipped last may have died right after: assume a reader is left.
-        maps.grace_due = true;
+        maps.grace = Some(std::thread::spawn(grace_period));
         Ok(maps)
     }
 
@@ -240,9 +242,9 @@ impl PolicyMaps {
     pub fn install(&mut self, compiled: &Compiled) -> Result<Installed, DatapathError> {
         self.fits(compiled).map_err(DatapathError::DoesNotFit)?;
         let started = Instant::now();
-        if self.grace_due {
-            grace_period();
-            self.grace_due = false;
+        if let Some(grace) = self.grace.take() {
+            // It only waits in the kernel; a panic there is impossible, and it is done either way.
+            let _ = grace.join();
         }
         let grace = started.elapsed();
         let next = (self.generation + 1) % GENERATIONS;
@@ -257,7 +259,7 @@ impl PolicyMaps {
         let mut active: Array<_, u32> = Array::try_from(&mut self.active)?;
         active.set(0, next, 0)?;
         self.generation = next;
-        self.grace_due = true;
+        self.grace = Some(std::thread::spawn(grace_period));
         Ok(Installed {
             generation: next,
             grace,

@@ -67,6 +67,11 @@ impl RuntimePeers {
         self.len() == 0
     }
 
+    /// The runtime peers of one role.
+    pub fn nets(&self, role: &str) -> BTreeSet<IpNet> {
+        self.0.get(role).cloned().unwrap_or_default()
+    }
+
     /// The addresses of one command: each parsed, duplicates folded, at least one.
     fn parse(role: &str, file: &Policy, cidrs: &[String]) -> Result<BTreeSet<IpNet>, PeerError> {
         if role == ANY {
@@ -285,17 +290,30 @@ mod tests {
 
     #[test]
     fn rebase_drops_what_the_file_now_lists_and_refuses_lost_roles() {
-        let file = file();
+        let file = Policy::from_toml(
+            "p.toml",
+            "profile = \"lync2013-single-director\"\n[[rules]]\nid = \"ops-ssh\"\nfrom = \"ops\"\nto = \"director\"\nproto = \"tcp\"\nports = [\"22\"]\n",
+        )
+        .unwrap();
         let peers = RuntimePeers::default()
             .add(&file, "front-end", &strings(&["198.18.3.10"]))
+            .unwrap()
+            .add(&file, "ops", &strings(&["198.18.6.10"]))
             .unwrap();
         let listed = Policy::from_toml(
             "q.toml",
             "profile = \"lync2013-single-director\"\n[peers]\nfront-end = [\"198.18.3.10\"]\n",
         )
         .unwrap();
-        assert!(peers.rebase(&listed).unwrap().is_empty());
-        let bare = Policy::from_toml("r.toml", "[peers]\n").unwrap();
+        let err = peers.rebase(&listed).unwrap_err().to_string();
+        assert!(err.contains("q.toml") && err.contains("\"ops\""), "{err}");
+        let listed_too = Policy::from_toml(
+            "q.toml",
+            "profile = \"lync2013-single-director\"\n[[rules]]\nid = \"ops-ssh\"\nfrom = \"ops\"\nto = \"director\"\nproto = \"tcp\"\nports = [\"22\"]\n[peers]\nfront-end = [\"198.18.3.10\"]\n",
+        )
+        .unwrap();
+        assert_eq!(peers.rebase(&listed_too).unwrap().len(), 1);
+        let bare = Policy::from_toml("r.toml", "profile = \"lync2013-single-director\"\n").unwrap();
         let err = peers.rebase(&bare).unwrap_err().to_string();
         assert!(err.contains("r.toml") && err.contains("peers del"), "{err}");
     }

@@ -14,10 +14,13 @@ use director_fw_common::{
 };
 use ipnet::IpNet;
 
-use crate::{
-    host_table::{self, HostTable},
-    policy::{bit, IcmpEcho, Policy, Source, Unprotected},
-};
+mod host_table;
+mod incremental;
+
+pub use host_table::HostTable;
+pub use incremental::{Incremental, NeedsFull};
+
+use crate::policy::{bit, IcmpEcho, Policy, Source, Unprotected};
 
 /// Above this many rule entries a policy is refused: its port ranges times its role
 /// combinations would take more kernel memory than any sane policy needs.
@@ -177,14 +180,29 @@ pub fn compile_with_slots(policy: &Policy, slots: &[u32]) -> Result<Compiled, Co
         compiled.config.flags |= FLAG_NETS_V6;
     }
 
+    let (ports, rules) = expand_rules(policy, &config, roles.values().copied(), slots)?;
+    compiled.ports = ports;
+    compiled.rules = rules;
+    Ok(compiled)
+}
+
+/// The `PORTS` and `RULES` entries of `policy`'s rules, given the role masks its addresses
+/// have (`masks`, one per distinct peer entry; repeats are fine).
+fn expand_rules(
+    policy: &Policy,
+    config: &Config,
+    masks: impl Iterator<Item = u32>,
+    slots: &[u32],
+) -> Result<(Vec<(u32, u32)>, Vec<(RuleKey, u32)>), CompileError> {
     // The role combinations a lookup can return, masked as the kernel masks them.
-    let dst_sets: BTreeSet<u32> = roles
-        .values()
-        .map(|r| r & config.to_roles)
-        .filter(|&r| r != 0)
-        .collect();
-    let mut src_sets: BTreeSet<u32> = roles.values().map(|r| r & config.from_roles).collect();
-    src_sets.insert(0);
+    let mut dst_sets = BTreeSet::new();
+    let mut src_sets = BTreeSet::from([0]);
+    for mask in masks {
+        if mask & config.to_roles != 0 {
+            dst_sets.insert(mask & config.to_roles);
+        }
+        src_sets.insert(mask & config.from_roles);
+    }
 
     let entries: usize = policy
         .rules
@@ -228,9 +246,7 @@ pub fn compile_with_slots(policy: &Policy, slots: &[u32]) -> Result<Compiled, Co
             }
         }
     }
-    compiled.ports = ports.into_iter().collect();
-    compiled.rules = rules.into_iter().collect();
-    Ok(compiled)
+    Ok((ports.into_iter().collect(), rules.into_iter().collect()))
 }
 
 #[cfg(test)]
