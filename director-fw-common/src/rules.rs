@@ -5,17 +5,19 @@
 //! ([`RuleKey`]). Role bits in keys are masked to the roles rules actually use
 //! (`Config::to_roles` / `Config::from_roles`), which keeps the number of combinations small.
 
-use crate::proto;
+use crate::{config::GENERATIONS, proto};
 
-/// Entries of the `PORTS` array: two policy generations, times TCP and UDP, times 65,536 ports.
-pub const PORT_SLOTS: u32 = 2 * 2 * 65_536;
+/// Entries of the `PORTS` array per policy generation: TCP and UDP, 65,536 ports each.
+pub const PORTS_PER_GENERATION: u32 = 2 * 65_536;
+/// Entries of the `PORTS` array: every generation's.
+pub const PORT_SLOTS: u32 = GENERATIONS * PORTS_PER_GENERATION;
 
 /// Index into the `PORTS` array. Only TCP and UDP have ports; any other protocol maps to
 /// TCP's slots, so callers check the protocol first.
 #[inline(always)]
 pub fn port_slot(generation: u32, protocol: u8, port: u16) -> u32 {
     let udp = u32::from(protocol == proto::UDP);
-    ((generation & 1) << 17) | (udp << 16) | u32::from(port)
+    (generation % GENERATIONS) * PORTS_PER_GENERATION + (udp << 16) + u32::from(port)
 }
 
 /// Key of the `RULES` map. Value: the counter slot of the first rule, in policy order, that

@@ -251,9 +251,14 @@ fn nft_add_element(ns: &str, policy: &str) -> Result<f64> {
         .map(|a| a.trim_matches('"'))
         .filter(|a| !a.is_empty())
         .collect();
-    let mut script = String::from("add table inet dfwbench\nadd set inet dfwbench peers { type ipv4_addr; }\n");
+    let mut script =
+        String::from("add table inet dfwbench\nadd set inet dfwbench peers { type ipv4_addr; }\n");
     for chunk in addrs.chunks(10_000) {
-        let _ = writeln!(script, "add element inet dfwbench peers {{ {} }}", chunk.join(", "));
+        let _ = writeln!(
+            script,
+            "add element inet dfwbench peers {{ {} }}",
+            chunk.join(", ")
+        );
     }
     run_in_netns(ns, "nft", &["-f", "-"], Some(&script)).context("loading the nftables set")?;
     let mut times = Vec::new();
@@ -261,8 +266,13 @@ fn nft_add_element(ns: &str, policy: &str) -> Result<f64> {
         let verb = if i % 2 == 0 { "add" } else { "delete" };
         let element = format!("{{ {CHANGED_HOST} }}");
         times.push(timed(|| {
-            run_in_netns(ns, "nft", &[verb, "element", "inet", "dfwbench", "peers", &element], None)
-                .map(drop)
+            run_in_netns(
+                ns,
+                "nft",
+                &[verb, "element", "inet", "dfwbench", "peers", &element],
+                None,
+            )
+            .map(drop)
         })?);
     }
     let _ = run_in_netns(ns, "nft", &["delete", "table", "inet", "dfwbench"], None);

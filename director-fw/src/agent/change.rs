@@ -22,7 +22,9 @@ use crate::{
     stats,
 };
 
-use super::{lifecycle::take_over, timestamp, Agent, AgentError, Kernel, Pending, Source, State};
+use super::{
+    lifecycle::take_over, timestamp, Agent, AgentError, Kernel, Pending, Prepared, Source, State,
+};
 
 impl Agent {
     /// Answers one control request.
@@ -94,22 +96,13 @@ impl Agent {
         peers: RuntimePeers,
         audit_switch: Option<bool>,
     ) -> Result<(), AgentError> {
-        let peers = peers.rebase(&source.policy)?;
-        let mut effective = peers.apply(&source.policy);
-        effective.options.audit =
-            audit_switch.unwrap_or(source.policy.options.audit || self.audit_flag);
-        let assigned = self.state.rule_slots.assign(&effective);
-        let live = Incremental::new(&effective, &assigned.slots)?;
-        let compiled = live.compiled();
-        let state = State {
-            peers,
-            rule_slots: assigned.table,
-            ..self.state.clone()
-        };
+        let next = Prepared::new(&source, peers, self.audit_flag, audit_switch, &self.state)?;
         let path = self.instance.state_file();
-        state.save(&path)?;
+        next.state.save(&path)?;
         let flows = self.effective.options.flow_table_size;
-        let installed = self.kernel.install(compiled, &assigned.fresh, flows);
+        let installed = self
+            .kernel
+            .install(next.live.compiled(), &next.fresh, flows);
         if let Err(err) = installed {
             // The kernel did not change; neither does the saved state.
             if let Err(undo) = self.state.save(&path) {
@@ -120,18 +113,17 @@ impl Agent {
             }
             return Err(err);
         }
-        if effective.options.flow_table_size != self.effective.options.flow_table_size {
+        if next.effective.options.flow_table_size != flows {
             eprintln!(
                 "director-fw: warning: flow_table_size {} takes effect only when the datapath is loaded anew (after `director-fw detach`); the flow table keeps its size",
-                effective.options.flow_table_size
+                next.effective.options.flow_table_size
             );
         }
         self.source = source;
-        self.state = state;
-        self.effective = effective;
-        self.slots = assigned.slots;
-        self.live = live;
-        self.audit_switch = audit_switch;
+        self.state = next.state;
+        self.effective = next.effective;
+        self.slots = next.slots;
+        self.live = next.live;
         self.last_change = SystemTime::now();
         Ok(())
     }
@@ -216,37 +208,36 @@ impl Agent {
         file: Option<std::path::PathBuf>,
         confirm_within: Option<u64>,
     ) -> Result<String, AgentError> {
-        if confirm_within.is_some() && self.pending.is_some() {
-            return Err(AgentError::Refused(
-                "a reload is already waiting for `policy confirm`; confirm it or let it revert first".into(),
-            ));
+        if let Some(pending) = &self.pending {
+            // Only `policy confirm` ends the safety net: a reload now would lose the way back.
+            return Err(AgentError::Refused(format!(
+                "a reload waits for `director-fw policy confirm` (it reverts to {} in {} s); confirm it or let it revert first",
+                pending.previous.policy.source,
+                pending.deadline.saturating_duration_since(Instant::now()).as_secs()
+            )));
         }
         let file = file.or_else(|| self.source.file.clone());
         let source = Source::read(file.as_ref())?;
-        let previous = self.source.clone();
-        self.commit(source, self.state.peers.clone(), None)?;
+        let previous = (self.source.clone(), self.state.peers.clone());
+        self.commit(source, self.state.peers.clone(), self.state.audit)?;
         let what = format!(
             "reloaded {} ({} rules, {} peers)",
             self.source.policy.source,
             self.effective.rules.len(),
             self.effective.peers.len()
         );
-        match confirm_within {
-            Some(secs) => {
-                self.pending = Some(Pending {
-                    deadline: Instant::now() + Duration::from_secs(secs),
-                    previous,
-                });
-                Ok(format!(
-                    "{what}; it reverts to {} in {secs} s unless `director-fw policy confirm` comes first",
-                    self.pending.as_ref().map_or("", |p| p.previous.policy.source.as_str())
-                ))
-            }
-            None => {
-                self.pending = None;
-                Ok(what)
-            }
-        }
+        let Some(secs) = confirm_within else {
+            return Ok(what);
+        };
+        let to = previous.0.policy.source.clone();
+        self.pending = Some(Pending {
+            deadline: Instant::now() + Duration::from_secs(secs),
+            previous: previous.0,
+            peers: previous.1,
+        });
+        Ok(format!(
+            "{what}; it reverts to {to} in {secs} s unless `director-fw policy confirm` comes first"
+        ))
     }
 
     /// The confirm deadline, if a reload waits for one.
@@ -254,13 +245,21 @@ impl Agent {
         self.pending.as_ref().map(|p| p.deadline)
     }
 
-    /// The deadline passed: back to the policy before the reload, with today's peers.
+    /// The deadline passed: back to the policy before the reload. Runtime peers are those of
+    /// then and those added since; a peer whose role the old file lacks cannot stay.
     pub(super) fn revert(&mut self) {
         let Some(pending) = self.pending.take() else {
             return;
         };
         let to = pending.previous.policy.source.clone();
-        match self.commit(pending.previous, self.state.peers.clone(), None) {
+        let (peers, dropped) = pending
+            .peers
+            .union(&self.state.peers)
+            .keep_roles_of(&pending.previous.policy);
+        for (role, net) in &dropped {
+            eprintln!("director-fw: warning: the revert drops runtime peer {net} of role {role:?}, which {to} does not have");
+        }
+        match self.commit(pending.previous, peers, self.state.audit) {
             Ok(()) => eprintln!("director-fw: no `policy confirm` in time: reverted to {to}"),
             Err(err) => eprintln!(
                 "director-fw: error: reverting to {to} failed, the reloaded policy stays: {err}"

@@ -6,12 +6,12 @@
 use std::{borrow::Cow, collections::BTreeSet, path::PathBuf, time::SystemTime};
 
 use crate::{
-    compile::{Compiled, Incremental},
+    compile::Compiled,
     datapath::{self, object_id, AttachMode, Capacity, Counters, Datapath, PolicyMaps, OBJECT},
     instance::{ensure_bpffs, Instance},
 };
 
-use super::{Agent, AgentError, Kernel, Source, State};
+use super::{Agent, AgentError, Kernel, Prepared, Source, State};
 
 /// What `director-fw run` asks for.
 #[derive(Clone, Debug)]
@@ -37,19 +37,33 @@ impl Agent {
         };
         let state = State::load(&instance.state_file())?;
         let source = Source::read(options.policy_file.as_ref())?;
-        let peers = state.peers.rebase(&source.policy)?;
-        let mut effective = peers.apply(&source.policy);
-        effective.options.audit |= options.audit;
-        let assigned = state.rule_slots.assign(&effective);
-        let live = Incremental::new(&effective, &assigned.slots)?;
+        let prepared = Prepared::new(
+            &source,
+            state.peers.clone(),
+            options.audit,
+            state.audit,
+            &state,
+        )
+        .map_err(|err| match err {
+            AgentError::Peers(err) => AgentError::Refused(format!(
+                "{err}. The runtime peers are kept in {}: start with the policy file that has the role, or remove the peer from that file",
+                instance.state_file().display()
+            )),
+            other => other,
+        })?;
+        let Prepared {
+            effective,
+            slots,
+            fresh: fresh_slots,
+            live,
+            state,
+        } = prepared;
         let compiled = live.compiled();
-        let state = State {
-            peers,
-            rule_slots: assigned.table,
-            ..state
-        };
 
         let pins = instance.pins();
+        for iface in pins.prune_dead_links()? {
+            eprintln!("director-fw: warning: the pinned link on {iface} held no interface any more (it was removed, or removed and created again), so nothing filtered it; attaching again");
+        }
         let pinned = pins.links()?;
         let wanted: BTreeSet<&str> = options.ifaces.iter().map(String::as_str).collect();
         if let Some(link) = pinned
@@ -72,7 +86,11 @@ impl Agent {
         }
         let id = object_id(&object);
         let flows = effective.options.flow_table_size;
-        let fresh_slots = assigned.fresh;
+        if pins.exist() && pinned.is_empty() && pins.check_state_layout().is_err() {
+            // A start that died before it pinned its links: none of it ever enforced.
+            std::fs::remove_dir_all(pins.dir())
+                .map_err(|e| AgentError::Io(pins.dir().display().to_string(), e))?;
+        }
 
         let (maps, counters, start) = if !pins.exist() {
             let mut dp = load(&object, compiled, flows, options.mode, None)?;
@@ -100,7 +118,8 @@ impl Agent {
                 .ifaces
                 .iter()
                 .all(|i| pinned.iter().any(|l| &l.iface == i));
-            match pins.adopt(&id)? {
+            let upgrade = pins.object_id().as_deref() != Some(id.as_str());
+            match pins.adopt(&lock, &id)? {
                 Some(mut adopted) if all_pinned && adopted.policy.fits(compiled).is_ok() => {
                     zero(&mut adopted.counters, &fresh_slots)?;
                     adopted.policy.install(compiled)?;
@@ -116,7 +135,11 @@ impl Agent {
                         &fresh_slots,
                         &options.ifaces,
                     )?;
-                    (maps, counters, "upgraded")
+                    (
+                        maps,
+                        counters,
+                        if upgrade { "upgraded" } else { "took over" },
+                    )
                 }
             }
         };
@@ -133,11 +156,10 @@ impl Agent {
             },
             object_id: id,
             audit_flag: options.audit,
-            audit_switch: None,
             source,
             state,
             effective,
-            slots: assigned.slots,
+            slots,
             live,
             start,
             started_at: now,
@@ -205,9 +227,11 @@ pub(super) fn take_over(
     Ok(dp.into_parts())
 }
 
-/// Removes the instance's programs and pins: the explicit fail-open. Returns the interfaces
-/// it detached from. The caller makes sure no agent runs (or is the agent).
+/// Removes the programs and pins of an instance that no agent runs: the explicit fail-open.
+/// Refused while an agent holds the instance, even one still starting. Returns the
+/// interfaces it detached from.
 pub fn detach(instance: &Instance) -> Result<Vec<String>, AgentError> {
     ensure_bpffs()?;
+    let _lock = instance.lock()?;
     Ok(datapath::detach(&instance.pins())?)
 }

@@ -27,7 +27,7 @@ use crate::{
     compile::Incremental,
     datapath::{AttachMode, Counters, DatapathError, Pins, PolicyMaps},
     instance::{Instance, InstanceError, Lock},
-    policy::{PeerError, Policy, PolicyError},
+    policy::{PeerError, Policy, PolicyError, RuntimePeers},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -84,10 +84,51 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// A reload waiting for `policy confirm`.
+/// A reload waiting for `policy confirm`: what to go back to.
 struct Pending {
     deadline: Instant,
     previous: Source,
+    peers: RuntimePeers,
+}
+
+/// A whole policy made ready to install: the file's with the runtime peers and the audit
+/// setting, its rules' counter slots, its compiled form, and the state that goes with it.
+struct Prepared {
+    effective: Policy,
+    slots: Vec<u32>,
+    /// Slots of rules new to the policy, to zero before it is installed.
+    fresh: Vec<u32>,
+    live: Incremental,
+    state: State,
+}
+
+impl Prepared {
+    fn new(
+        source: &Source,
+        peers: RuntimePeers,
+        audit_flag: bool,
+        audit_switch: Option<bool>,
+        state: &State,
+    ) -> Result<Prepared, AgentError> {
+        let peers = peers.rebase(&source.policy)?;
+        let mut effective = peers.apply(&source.policy);
+        // `audit on|off` is the operator's last word, over the file and `--audit`.
+        effective.options.audit = audit_switch.unwrap_or(source.policy.options.audit || audit_flag);
+        let assigned = state.rule_slots.assign(&effective);
+        let live = Incremental::new(&effective, &assigned.slots)?;
+        Ok(Prepared {
+            effective,
+            slots: assigned.slots,
+            fresh: assigned.fresh,
+            live,
+            state: State {
+                peers,
+                rule_slots: assigned.table,
+                audit: audit_switch,
+                ..state.clone()
+            },
+        })
+    }
 }
 
 /// The datapath the agent drives: where it is pinned and attached, the object it loads, and
@@ -106,10 +147,8 @@ pub struct Agent {
     _lock: Lock,
     kernel: Kernel,
     object_id: String,
-    /// `run --audit`: audit whatever the file says.
+    /// `run --audit`: audit whatever the file says (unless `audit off` said otherwise).
     audit_flag: bool,
-    /// `audit on|off`, until the next reload.
-    audit_switch: Option<bool>,
     source: Source,
     state: State,
     /// The policy in force: the file's with the runtime peers and the audit switch.

@@ -34,7 +34,13 @@ impl RuleSlots {
             .filter(|&(_, slot)| slot < MAX_RULES)
             .collect();
         let taken: BTreeSet<u32> = kept.values().copied().collect();
-        let mut free = (0..MAX_RULES).filter(|s| !taken.contains(s));
+        // A new rule never takes a slot that the policy in force counts in: the slot is
+        // zeroed before the switch, and packets of the old policy may still count in it
+        // until the grace period after. Only with every other slot taken does it reuse one.
+        let in_force: BTreeSet<u32> = self.0.values().copied().collect();
+        let mut free = (0..MAX_RULES)
+            .filter(|s| !taken.contains(s) && !in_force.contains(s))
+            .chain((0..MAX_RULES).filter(|s| in_force.contains(s) && !taken.contains(s)));
         let mut fresh = Vec::new();
         let slots = policy
             .rules
@@ -83,10 +89,13 @@ mod tests {
         assert_eq!(first.slots, [0, 1, 2]);
         assert_eq!(first.fresh, [0, 1, 2]);
         let second = first.table.assign(&policy(&["z", "w", "x"]));
-        // z and x keep theirs; w takes y's freed slot and starts from zero.
-        assert_eq!(second.slots, [2, 1, 0]);
-        assert_eq!(second.fresh, [1]);
+        // z and x keep theirs; w starts from zero in a slot the policy in force does not use.
+        assert_eq!(second.slots, [2, 3, 0]);
+        assert_eq!(second.fresh, [3]);
         let third = second.table.assign(&policy(&["z", "w", "x"]));
         assert!(third.fresh.is_empty());
+        // y's old slot is free again once the policy that used it is gone.
+        let fourth = third.table.assign(&policy(&["z", "w", "x", "v"]));
+        assert_eq!(fourth.fresh, [1]);
     }
 }

@@ -23,6 +23,9 @@ pub struct State {
     pub peers: RuntimePeers,
     #[serde(default)]
     pub rule_slots: RuleSlots,
+    /// `audit on|off`: it holds across reloads and restarts until the next `audit`.
+    #[serde(default)]
+    pub audit: Option<bool>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +113,7 @@ mod tests {
                 .add(&policy, "director", &["198.18.2.10".into()])
                 .unwrap(),
             rule_slots: RuleSlots::default().assign(&policy).table,
+            audit: Some(true),
         };
         state.save(&path).unwrap();
         assert_eq!(State::load(&path).unwrap(), state);

@@ -11,8 +11,8 @@ use director_fw_common::{HostV4, HostV6};
 use ipnet::IpNet;
 
 use super::{
-    address_roles, compile_with_slots, expand_rules, host_table::Members, words, CompileError,
-    Compiled,
+    address_roles, compile_roles, direct_roles, expand_rules, host_table::Members, words,
+    CompileError, Compiled,
 };
 use crate::policy::{bit, Policy, RoleId};
 
@@ -36,11 +36,9 @@ pub struct NeedsFull;
 impl Incremental {
     /// Compiles `policy` whole, with rule `i` counted in `slots[i]`.
     pub fn new(policy: &Policy, slots: &[u32]) -> Result<Incremental, CompileError> {
-        let compiled = compile_with_slots(policy, slots)?;
-        let mut direct: HashMap<IpNet, u32> = HashMap::new();
-        for peer in &policy.peers {
-            *direct.entry(peer.net).or_default() |= bit(peer.role);
-        }
+        let direct = direct_roles(policy);
+        let roles = address_roles(&direct);
+        let compiled = compile_roles(policy, slots, &roles)?;
         let mut prefix_lengths = [Vec::new(), Vec::new()];
         for net in direct.keys() {
             let (family, host) = family(net);
@@ -49,7 +47,7 @@ impl Incremental {
             }
         }
         let mut masks = HashMap::new();
-        for mask in address_roles(policy).into_values() {
+        for (_, mask) in roles {
             *masks.entry(mask).or_default() += 1;
         }
         Ok(Incremental {
@@ -209,7 +207,7 @@ mod tests {
             let whole = compile(&policy).unwrap();
             let ours = live.compiled();
             // The tables place hosts differently; what they answer must not differ.
-            for net in address_roles(&policy).keys() {
+            for (net, _) in address_roles(&direct_roles(&policy)) {
                 let (addr, _) = words(net.addr());
                 let (a, b) = match net {
                     IpNet::V4(n) if n.prefix_len() == 32 => {

@@ -95,12 +95,18 @@ pub fn config(policy: &Policy) -> Config {
     }
 }
 
-/// Role bits of every distinct peer entry, including those of the entries covering it.
-fn address_roles(policy: &Policy) -> BTreeMap<IpNet, u32> {
-    let mut direct: HashMap<IpNet, u32> = HashMap::new();
+/// The role bits of each distinct peer entry as listed.
+fn direct_roles(policy: &Policy) -> HashMap<IpNet, u32> {
+    let mut direct: HashMap<IpNet, u32> = HashMap::with_capacity(policy.peers.len());
     for peer in &policy.peers {
         *direct.entry(peer.net).or_default() |= bit(peer.role);
     }
+    direct
+}
+
+/// Role bits of every distinct peer entry, including those of the entries covering it, in
+/// address order (so that the host tables come out the same for the same policy).
+fn address_roles(direct: &HashMap<IpNet, u32>) -> Vec<(IpNet, u32)> {
     // Only prefixes can cover other entries; walk each entry's shorter lengths in use.
     let mut lengths_v4 = BTreeSet::new();
     let mut lengths_v6 = BTreeSet::new();
@@ -111,7 +117,7 @@ fn address_roles(policy: &Policy) -> BTreeMap<IpNet, u32> {
             _ => false,
         };
     }
-    direct
+    let mut roles: Vec<(IpNet, u32)> = direct
         .iter()
         .map(|(net, roles)| {
             let lengths = if matches!(net, IpNet::V4(_)) {
@@ -128,7 +134,9 @@ fn address_roles(policy: &Policy) -> BTreeMap<IpNet, u32> {
                 .fold(0, |acc, r| acc | r);
             (*net, roles | covering)
         })
-        .collect()
+        .collect();
+    roles.sort_unstable_by_key(|&(net, _)| net);
+    roles
 }
 
 /// Compiles `policy` with its rules counted in slots 0, 1, ... in policy order.
@@ -140,15 +148,23 @@ pub fn compile(policy: &Policy) -> Result<Compiled, CompileError> {
 /// Compiles `policy` with rule `i` counted in counter slot `slots[i]`, so that a rule keeps
 /// its counters when others come and go (the agent keeps the slots of rule ids).
 pub fn compile_with_slots(policy: &Policy, slots: &[u32]) -> Result<Compiled, CompileError> {
+    compile_roles(policy, slots, &address_roles(&direct_roles(policy)))
+}
+
+/// [`compile_with_slots`] with the address roles already worked out.
+fn compile_roles(
+    policy: &Policy,
+    slots: &[u32],
+    roles: &[(IpNet, u32)],
+) -> Result<Compiled, CompileError> {
     assert_eq!(slots.len(), policy.rules.len(), "one counter slot per rule");
     let config = config(policy);
     let mut compiled = Compiled {
         config,
         ..Compiled::default()
     };
-    let roles = address_roles(policy);
     let (mut v4, mut v6) = (Vec::new(), Vec::new());
-    for (net, &mask) in &roles {
+    for &(net, mask) in roles {
         let (addr, family) = words(net.addr());
         let len = u32::from(net.prefix_len());
         match (family, len) {
@@ -180,7 +196,7 @@ pub fn compile_with_slots(policy: &Policy, slots: &[u32]) -> Result<Compiled, Co
         compiled.config.flags |= FLAG_NETS_V6;
     }
 
-    let (ports, rules) = expand_rules(policy, &config, roles.values().copied(), slots)?;
+    let (ports, rules) = expand_rules(policy, &config, roles.iter().map(|&(_, m)| m), slots)?;
     compiled.ports = ports;
     compiled.rules = rules;
     Ok(compiled)

@@ -45,6 +45,10 @@ impl Client {
                     socket: socket.clone(),
                 }
             }
+            std::io::ErrorKind::PermissionDenied => ClientError::Refused(format!(
+                "permission denied: {} is root's only; run director-fw as root (or with CAP_NET_ADMIN and access to the socket)",
+                socket.display()
+            )),
             _ => ClientError::Io {
                 socket: socket.clone(),
                 source: err,

@@ -104,9 +104,13 @@ impl Connection {
         })
         .expect("responses serialize");
         line.push('\n');
-        // A client that went away gets nothing; the change it asked for stands.
-        let _ = self.stream.write_all(line.as_bytes()).await;
-        let _ = self.stream.shutdown().await;
+        // A client that went away, or stopped reading, gets nothing: the change it asked for
+        // stands, and the agent goes on serving.
+        let write = async {
+            self.stream.write_all(line.as_bytes()).await?;
+            self.stream.shutdown().await
+        };
+        let _ = tokio::time::timeout(REQUEST_TIMEOUT, write).await;
     }
 }
 

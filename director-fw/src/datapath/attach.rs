@@ -6,7 +6,7 @@ use aya::programs::{
     links::{FdLink, PinnedLink},
     tc::{SchedClassifierLink, TcAttachType},
     xdp::XdpLink,
-    XdpMode,
+    SchedClassifier, Xdp, XdpMode,
 };
 use serde::{Deserialize, Serialize};
 
@@ -38,7 +38,15 @@ impl AttachMode {
         AttachMode::ALL.into_iter().find(|m| m.name() == name)
     }
 
-    /// The program this mode attaches.
+    /// The name of the program this mode attaches.
+    pub fn program(self) -> &'static str {
+        match self {
+            AttachMode::Xdp | AttachMode::XdpGeneric => director_fw_common::maps::XDP_PROGRAM,
+            AttachMode::Tc => director_fw_common::maps::TC_PROGRAM,
+        }
+    }
+
+    /// The programs this mode verifies.
     pub fn programs(self) -> Programs {
         match self {
             AttachMode::Xdp | AttachMode::XdpGeneric => Programs::Xdp,
@@ -126,4 +134,26 @@ impl Datapath {
         }
         Ok(())
     }
+}
+
+/// Puts the pinned program `program` back under the pinned `link` (a hand-over that failed
+/// half-way is undone with this).
+pub(super) fn put_back(
+    program: &std::path::Path,
+    link: &super::LinkPin,
+) -> Result<(), DatapathError> {
+    let fd = FdLink::from(PinnedLink::from_pin(&link.path)?);
+    match link.mode {
+        AttachMode::Xdp | AttachMode::XdpGeneric => {
+            let mut xdp = Xdp::from_pin(program, aya_obj::programs::XdpAttachType::Interface)?;
+            let id = xdp.attach_to_link(XdpLink::try_from(fd)?)?;
+            drop(FdLink::try_from(xdp.take_link(id)?)?);
+        }
+        AttachMode::Tc => {
+            let mut tc = SchedClassifier::from_pin(program)?;
+            let id = tc.attach_to_link(SchedClassifierLink::try_from(fd)?)?;
+            drop(FdLink::try_from(tc.take_link(id)?)?);
+        }
+    }
+    Ok(())
 }

@@ -27,10 +27,20 @@ unsafe impl Send for Mapped {}
 unsafe impl Sync for Mapped {}
 
 impl Mapped {
-    /// Maps the whole array, whose values are `value_size` bytes.
+    /// Maps the whole array, whose values must be `value_size` bytes.
     pub fn new(map: Map, value_size: usize) -> Result<Mapped, DatapathError> {
         let d = data(&map)?;
-        let entries = d.info()?.max_entries();
+        let info = d.info()?;
+        const BPF_F_MMAPABLE: u32 = 1 << 10;
+        if info.value_size() as usize != value_size || info.map_flags() & BPF_F_MMAPABLE == 0 {
+            return Err(DatapathError::Pins(format!(
+                "map {:?} has {} B values and flags {:#x}; this agent writes {value_size} B values through mmap",
+                info.name_as_str().unwrap_or("?"),
+                info.value_size(),
+                info.map_flags()
+            )));
+        }
+        let entries = info.max_entries();
         let stride = value_size.next_multiple_of(8);
         // SAFETY: sysconf has no preconditions.
         let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
@@ -50,7 +60,7 @@ impl Mapped {
         };
         if ptr == libc::MAP_FAILED {
             return Err(DatapathError::Io(
-                "mapping a host table or the port array (a kernel without BPF_F_MMAPABLE, 5.5 or later?)".into(),
+                "mapping a host table or the port array into the agent".into(),
                 std::io::Error::last_os_error(),
             ));
         }
@@ -76,7 +86,7 @@ impl Mapped {
 
     /// Writes `values` at elements `start..`, and `T::default()` on the `clear` elements after
     /// them. Elements outside the array are refused, not written.
-    pub fn write<T: Copy + Default>(
+    pub fn write<T: aya::Pod + Default>(
         &mut self,
         start: u32,
         values: &[T],
@@ -112,7 +122,7 @@ impl Mapped {
     }
 
     /// Reads element `index`.
-    pub fn read<T: Copy>(&self, index: u32) -> Option<T> {
+    pub fn read<T: aya::Pod>(&self, index: u32) -> Option<T> {
         if index >= self.entries || std::mem::size_of::<T>() > self.stride {
             return None;
         }

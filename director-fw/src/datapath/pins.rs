@@ -24,7 +24,10 @@ use director_fw_common::{
     maps, verdict::COUNTER_SLOTS, Counter, FlowKey, FlowState, FragKey, FragState,
 };
 
+use crate::instance::Lock;
+
 use super::{
+    attach::put_back,
     io,
     load::data,
     swap::{PolicyMaps, Snapshot},
@@ -43,7 +46,6 @@ pub struct LinkPin {
 pub struct Adopted {
     pub policy: PolicyMaps,
     pub counters: Counters,
-    pub links: Vec<LinkPin>,
 }
 
 pub struct Pins {
@@ -96,11 +98,9 @@ impl Pins {
             let parsed = name
                 .split_once(':')
                 .and_then(|(mode, iface)| Some((AttachMode::from_name(mode)?, iface)));
+            // Not a pin of ours: left alone here, and `detach` removes it with the rest.
             let Some((mode, iface)) = parsed else {
-                return Err(DatapathError::Pins(format!(
-                    "{}: not a link this agent pins (MODE:IFACE)",
-                    entry.path().display()
-                )));
+                continue;
             };
             links.push(LinkPin {
                 mode,
@@ -110,6 +110,21 @@ impl Pins {
         }
         links.sort_by(|a, b| a.iface.cmp(&b.iface));
         Ok(links)
+    }
+
+    /// Removes the pins of links that no longer hold an interface: the kernel keeps a link
+    /// whose interface was deleted, but it filters nothing, even when an interface of the
+    /// same name comes back. Returns those interfaces, which need attaching again.
+    pub fn prune_dead_links(&self) -> Result<Vec<String>, DatapathError> {
+        let mut dead = Vec::new();
+        for link in self.links()? {
+            let now = interface_index(&link.iface);
+            if now == 0 || link_ifindex(&link.path) != Some(now) {
+                fs::remove_file(&link.path).map_err(io(link.path.display()))?;
+                dead.push(link.iface);
+            }
+        }
+        Ok(dead)
     }
 
     /// The id of the object whose program the links run, from the program's pin.
@@ -198,8 +213,8 @@ impl Pins {
     }
 
     /// Opens the live policy and counter maps, when the pins are complete and come from the
-    /// object `object_id`.
-    pub fn adopt(&self, object_id: &str) -> Result<Option<Adopted>, DatapathError> {
+    /// object `object_id`. Only the holder of the instance's lock may write live maps.
+    pub fn adopt(&self, _held: &Lock, object_id: &str) -> Result<Option<Adopted>, DatapathError> {
         if self.object_id().as_deref() != Some(object_id) {
             return Ok(None);
         }
@@ -210,7 +225,6 @@ impl Pins {
         Ok(Some(Adopted {
             policy,
             counters: Counters::new(self.open(maps::COUNTERS)?),
-            links: self.links()?,
         }))
     }
 
@@ -229,10 +243,7 @@ impl Pins {
             fs::create_dir_all(&dir).map_err(io(dir.display()))?;
         }
         self.pin_maps(datapath)?;
-        for (mode, iface, link) in links {
-            link.pin(self.link(mode, &iface))?;
-        }
-        Ok(())
+        self.pin_links(links)
     }
 
     /// Pins new links of an adopted datapath.
@@ -249,9 +260,26 @@ impl Pins {
     /// and its policy maps and program take the old pins' places. The state maps were shared.
     pub fn take_over(&self, datapath: &mut Datapath) -> Result<Vec<LinkPin>, DatapathError> {
         let links = self.links()?;
-        for link in &links {
-            let pinned = PinnedLink::from_pin(&link.path)?;
-            datapath.replace(pinned, link.mode)?;
+        // Every link opens before any changes hands, so that a bad one stops it early.
+        let opened = links
+            .iter()
+            .map(|link| Ok(PinnedLink::from_pin(&link.path)?))
+            .collect::<Result<Vec<_>, DatapathError>>()?;
+        for (done, (link, pinned)) in links.iter().zip(opened).enumerate() {
+            if let Err(err) = datapath.replace(pinned, link.mode) {
+                // Put the old program back where the new one went, so every interface runs
+                // the policy the pins describe.
+                for earlier in &links[..done] {
+                    let back = self
+                        .program_path(earlier.mode.program())
+                        .ok_or(DatapathError::Missing(earlier.mode.program()))
+                        .and_then(|program| put_back(&program, earlier));
+                    if let Err(undo) = back {
+                        eprintln!("director-fw: error: {}: could not put the old program back after a failed hand-over: {undo}", earlier.iface);
+                    }
+                }
+                return Err(err);
+            }
         }
         // From here on the links run the new program and its maps: repin them over the old.
         for name in maps::ALL.iter().filter(|n| !maps::STATE.contains(n)) {
@@ -293,6 +321,65 @@ impl Pins {
         }
         Ok(())
     }
+}
+
+/// The index of an interface in the caller's network namespace; 0 when there is none.
+fn interface_index(iface: &str) -> u32 {
+    let Ok(name) = std::ffi::CString::new(iface) else {
+        return 0;
+    };
+    // SAFETY: a valid NUL-terminated string; the call only reads it.
+    unsafe { libc::if_nametoindex(name.as_ptr()) }
+}
+
+/// The interface a pinned XDP or TCX link holds (0 once the interface is gone), read with
+/// `BPF_OBJ_GET_INFO_BY_FD`: aya's `LinkInfo` does not carry it.
+fn link_ifindex(path: &Path) -> Option<u32> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    let path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
+    // bpf_attr for BPF_OBJ_GET: pathname, bpf_fd, file_flags, path_fd.
+    let mut attr = [0u64; 3];
+    attr[0] = path.as_ptr() as u64;
+    // SAFETY: the attr is valid for its size and the path outlives the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: a new fd that the kernel just gave us.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    // bpf_link_info: type, id, prog_id, then the union (8-aligned) whose XDP and TCX members
+    // start with the ifindex.
+    let mut info = [0u32; 16];
+    #[repr(C)]
+    struct InfoByFd {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    let mut attr = InfoByFd {
+        bpf_fd: std::os::fd::AsRawFd::as_raw_fd(&fd) as u32,
+        info_len: std::mem::size_of_val(&info) as u32,
+        info: info.as_mut_ptr() as u64,
+    };
+    // SAFETY: the attr and the info buffer are valid for their sizes during the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            &mut attr as *mut InfoByFd,
+            std::mem::size_of::<InfoByFd>(),
+        )
+    };
+    (rc == 0).then_some(info[4])
 }
 
 /// Removes the instance's links, which detaches its programs from every interface, and then

@@ -25,8 +25,7 @@ use serde::Serialize;
 use super::{load::Capacity, mmap::Mapped, pins::Pins, DatapathError};
 use crate::compile::Compiled;
 
-/// Port slots of one generation: TCP and UDP, 65,536 ports each.
-const PORTS_PER_GENERATION: u32 = 2 * 65_536;
+use director_fw_common::rules::PORTS_PER_GENERATION;
 
 type NetsV4 = HashMap<(u32, u32), u32>;
 type NetsV6 = HashMap<(u32, [u32; 4]), u32>;
@@ -124,11 +123,8 @@ impl PolicyMaps {
     /// New maps, as created by the loader: all zero, so generation 0 protects nothing.
     pub(super) fn fresh(
         take: &mut dyn FnMut(&'static str) -> Result<Map, DatapathError>,
-        capacity: Capacity,
     ) -> Result<PolicyMaps, DatapathError> {
-        let maps = PolicyMaps::open(take)?;
-        debug_assert_eq!(maps.capacity, capacity);
-        Ok(maps)
+        PolicyMaps::open(take)
     }
 
     /// Live maps, opened from their pins: reads which generation is in force and what both
@@ -248,14 +244,10 @@ impl PolicyMaps {
         }
         let grace = started.elapsed();
         let next = (self.generation + 1) % GENERATIONS;
-        let result = self.write(next, compiled);
-        if result.is_err() {
-            // Whatever part was written stays unread; learn what the generation now holds.
-            if let Ok(held) = self.read_held() {
-                self.held = held;
-            }
-        }
-        result?;
+        // On an error, what was written stays unread, and `held` still says what is there.
+        self.write(next, compiled)?;
+        // Every write to the generation is visible before the word that makes it current.
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
         let mut active: Array<_, u32> = Array::try_from(&mut self.active)?;
         active.set(0, next, 0)?;
         self.generation = next;

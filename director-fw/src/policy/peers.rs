@@ -170,6 +170,29 @@ impl RuntimePeers {
         Ok(next)
     }
 
+    /// These peers and `other`'s.
+    pub fn union(&self, other: &RuntimePeers) -> RuntimePeers {
+        let mut all = self.clone();
+        for (role, nets) in &other.0 {
+            all.0.entry(role.clone()).or_default().extend(nets);
+        }
+        all
+    }
+
+    /// These peers less those whose role `file` does not have, which are returned apart.
+    pub fn keep_roles_of(&self, file: &Policy) -> (RuntimePeers, Vec<(String, IpNet)>) {
+        let mut kept = RuntimePeers::default();
+        let mut dropped = Vec::new();
+        for (role, nets) in &self.0 {
+            if file.role(role).is_some() {
+                kept.0.insert(role.clone(), nets.clone());
+            } else {
+                dropped.extend(nets.iter().map(|net| (role.clone(), *net)));
+            }
+        }
+        (kept, dropped)
+    }
+
     /// The policy in force: the file's peers and these. Call [`RuntimePeers::rebase`] first;
     /// roles the file does not have are skipped here.
     pub fn apply(&self, file: &Policy) -> Policy {
