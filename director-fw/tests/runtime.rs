@@ -23,7 +23,7 @@ use director_fw::{datapath::object_id, instance::Instance};
 use director_fw_lab::{agent_pin_dir, tcp_exchange, Agent, Conversation, Lab, Role};
 use serde_json::Value;
 
-use Role::{Director, InternalClients, Outsider};
+use Role::{Director, InternalClients, Outsider, ReverseProxy};
 
 const PASS_TIMEOUT: Duration = Duration::from_secs(2);
 const DROP_TIMEOUT: Duration = Duration::from_secs(1);
@@ -402,4 +402,95 @@ fn an_unconfirmed_reload_reverts_and_a_confirmed_one_stays() {
     );
     assert!(kept["pending_confirm"].is_null());
     let _ = std::fs::remove_file(&narrower);
+}
+
+/// An interface that is removed and created again while the datapath is pinned is filtered
+/// by nothing (the pinned link is dead); a (re)started agent finds that and attaches again.
+#[test]
+fn a_recreated_interface_is_filtered_again_when_the_agent_starts() {
+    if !root_or_skip("a_recreated_interface_is_filtered_again_when_the_agent_starts") {
+        return;
+    }
+    let mut run = LabRun::start("rt-relink", "xdp", Lab::peers_toml, "");
+    run.agent.take().unwrap().stop(Agent::STOP_TIMEOUT);
+    let (gw, outsider) = (
+        run.lab.gateway_ns().to_string(),
+        run.lab.host(Outsider).clone(),
+    );
+    let ip = |ns: &str, args: &[&str]| {
+        director_fw_lab::ip_ns(ns, args).unwrap_or_else(|e| panic!("ip {args:?}: {e:#}"));
+    };
+    ip(&gw, &["link", "del", &outsider.gw_iface]);
+    ip(
+        &gw,
+        &[
+            "link",
+            "add",
+            &outsider.gw_iface,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &outsider.iface,
+            "netns",
+            &outsider.ns,
+        ],
+    );
+    ip(
+        &gw,
+        &[
+            "addr",
+            "add",
+            &format!("{}/24", outsider.gw_v4),
+            "dev",
+            &outsider.gw_iface,
+        ],
+    );
+    ip(
+        &gw,
+        &[
+            "-6",
+            "addr",
+            "add",
+            &format!("{}/64", outsider.gw_v6),
+            "dev",
+            &outsider.gw_iface,
+            "nodad",
+        ],
+    );
+    ip(
+        &outsider.ns,
+        &[
+            "addr",
+            "add",
+            &format!("{}/24", outsider.v4),
+            "dev",
+            &outsider.iface,
+        ],
+    );
+    ip(&gw, &["link", "set", &outsider.gw_iface, "up"]);
+    ip(&outsider.ns, &["link", "set", &outsider.iface, "up"]);
+    ip(
+        &outsider.ns,
+        &[
+            "route",
+            "add",
+            "default",
+            "via",
+            &outsider.gw_v4.to_string(),
+        ],
+    );
+    thread::sleep(Duration::from_millis(200));
+    assert!(
+        connects(&run.lab, Outsider, Director, 443, false),
+        "the recreated interface should be unfiltered until an agent starts (the test's premise)"
+    );
+    run.start_agent(&[]);
+    assert!(
+        !connects(&run.lab, Outsider, Director, 443, false),
+        "the agent did not attach to the recreated interface again"
+    );
+    assert!(connects(&run.lab, ReverseProxy, Director, 4443, false));
+    let log = run.agent.as_ref().unwrap().log().join("\n");
+    assert!(log.contains("held no interface any more"), "{log}");
 }

@@ -202,6 +202,9 @@ fn compile_roles(
     Ok(compiled)
 }
 
+/// `PORTS` entries (`port_slot`, destination roles) and `RULES` entries (key, counter slot).
+type RuleEntries = (Vec<(u32, u32)>, Vec<(RuleKey, u32)>);
+
 /// The `PORTS` and `RULES` entries of `policy`'s rules, given the role masks its addresses
 /// have (`masks`, one per distinct peer entry; repeats are fine).
 fn expand_rules(
@@ -209,7 +212,7 @@ fn expand_rules(
     config: &Config,
     masks: impl Iterator<Item = u32>,
     slots: &[u32],
-) -> Result<(Vec<(u32, u32)>, Vec<(RuleKey, u32)>), CompileError> {
+) -> Result<RuleEntries, CompileError> {
     // The role combinations a lookup can return, masked as the kernel masks them.
     let mut dst_sets = BTreeSet::new();
     let mut src_sets = BTreeSet::from([0]);
