@@ -202,6 +202,7 @@ fn live(peers: u32) -> Result<Value> {
             Ok((agent, t.elapsed()))
         };
         let (mut agent, loaded) = start("loading")?;
+        let rss_kib = shared::resident_kib_of(agent.pid());
 
         let mut changes = Vec::new();
         for i in 0..CHANGES {
@@ -228,6 +229,7 @@ fn live(peers: u32) -> Result<Value> {
         Ok(json!({
             "peers": peers,
             "start_ms": loaded.as_secs_f64() * 1e3,
+            "agent_rss_kib": rss_kib,
             "peer_change_ms": median_ms(changes),
             "peer_change_max_ms": max.as_secs_f64() * 1e3,
             "reload_ms": median_ms(reloads),
@@ -324,12 +326,12 @@ fn main() -> Result<()> {
     let live: Vec<Value> = LIVE_SIZES.iter().map(|&n| live(n)).collect::<Result<_>>()?;
     println!("\nthe live agent, through the CLI: ms from a command's start until it returns (the kernel enforces)");
     println!(
-        "{:>9} {:>9} {:>14} {:>12} {:>10} {:>9} {:>17}",
-        "peers", "start", "peer change", "(max)", "reload", "adopt", "nft add element"
+        "{:>9} {:>9} {:>14} {:>12} {:>10} {:>9} {:>17} {:>10}",
+        "peers", "start", "peer change", "(max)", "reload", "adopt", "nft add element", "agent MiB"
     );
     for r in &live {
         println!(
-            "{:>9} {:>9.0} {:>14.1} {:>12.1} {:>10.0} {:>9.0} {:>17.1}",
+            "{:>9} {:>9.0} {:>14.1} {:>12.1} {:>10.0} {:>9.0} {:>17.1} {:>10.1}",
             r["peers"].as_u64().unwrap_or(0),
             num(&r["start_ms"]),
             num(&r["peer_change_ms"]),
@@ -337,6 +339,7 @@ fn main() -> Result<()> {
             num(&r["reload_ms"]),
             num(&r["adopt_ms"]),
             num(&r["nft_add_element_ms"]),
+            num(&r["agent_rss_kib"]) / 1024.0,
         );
     }
     println!("targets: peer change <= 20 ms at 100,000 and <= 100 ms at 1,000,000; reload of 100,000 <= 1,500 ms; adoption <= 1,000 ms");

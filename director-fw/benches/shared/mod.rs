@@ -76,7 +76,16 @@ pub fn out_path(file: &str) -> PathBuf {
 
 /// This process's resident memory (VmRSS), in KiB; 0 if /proc does not say.
 pub fn resident_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+    resident_kib_in("/proc/self/status")
+}
+
+/// Resident memory of process `pid`, in KiB (0 when unknown).
+pub fn resident_kib_of(pid: u32) -> u64 {
+    resident_kib_in(&format!("/proc/{pid}/status"))
+}
+
+fn resident_kib_in(status: &str) -> u64 {
+    std::fs::read_to_string(status)
         .ok()
         .and_then(|s| {
             s.lines()
