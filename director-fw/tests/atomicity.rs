@@ -24,8 +24,9 @@ use director_fw::{
     explain::{probe_frame, Probe},
     instance::Instance,
     policy::RuntimePeers,
-    Policy,
+    Model, Policy,
 };
+use director_fw_common::config::NS_PER_SEC;
 
 const MIN_SWITCHES: u64 = 1_000;
 const MIN_PROBES: u64 = 100_000;
@@ -188,6 +189,55 @@ fn reloads_and_peer_batches_are_atomic() {
             "after {role} {add}: the kernel's maps differ from the reference policy's"
         );
     }
+
+    // And the live program judges as the reference model of that policy does: the first
+    // packet (a SYN) of every address pair the changes touched, on every port a rule opens
+    // and on a closed one.
+    let policy = peers.apply(&file);
+    let mut model = Model::new(&policy, director_fw::compile::config(&policy));
+    let program = PinnedProgram::open(&instance.pins()).unwrap();
+    let addrs: Vec<IpAddr> = [
+        "198.18.202.9",
+        "198.18.203.7",
+        "198.18.204.1",
+        "198.18.200.1",
+        "198.18.200.2",
+        "198.18.9.9",
+    ]
+    .iter()
+    .map(|a| ip(a))
+    .collect();
+    let v6: Vec<IpAddr> = ["2001:db8:203::7", "2001:db8:202::9", "2001:db8:9::9"]
+        .iter()
+        .map(|a| ip(a))
+        .collect();
+    let mut ports: Vec<u16> = policy
+        .rules
+        .iter()
+        .flat_map(|r| r.ports.iter().map(|p| *p.start()))
+        .collect();
+    ports.push(22);
+    let mut sport = 20_000;
+    let mut judged = 0;
+    for family in [&addrs, &v6] {
+        for &src in family.iter() {
+            for &dst in family.iter().filter(|&&d| d != src) {
+                for &port in &ports {
+                    sport += 1;
+                    let frame = probe_frame(src, dst, Probe::Tcp, sport, port).unwrap();
+                    let expect = model.judge(&frame, NS_PER_SEC).passes();
+                    let action = program.run(&frame).unwrap();
+                    assert_eq!(
+                        action == XDP_PASS,
+                        expect,
+                        "{src} -> {dst}:{port}: the kernel and the model disagree after the runtime changes"
+                    );
+                    judged += 1;
+                }
+            }
+        }
+    }
+    eprintln!("after the runtime changes: kernel and model agree on {judged} packets");
     let _ = std::fs::remove_file(&file_a);
     let _ = std::fs::remove_file(&file_b);
 }
