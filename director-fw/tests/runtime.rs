@@ -404,93 +404,68 @@ fn an_unconfirmed_reload_reverts_and_a_confirmed_one_stays() {
     let _ = std::fs::remove_file(&narrower);
 }
 
-/// An interface that is removed and created again while the datapath is pinned is filtered
-/// by nothing (the pinned link is dead); a (re)started agent finds that and attaches again.
+/// An interface that is removed and created again under a pinned datapath is filtered by
+/// nothing (its pinned link is dead). A running agent notices within seconds and attaches
+/// again; an agent that starts afterwards finds it too.
 #[test]
-fn a_recreated_interface_is_filtered_again_when_the_agent_starts() {
-    if !root_or_skip("a_recreated_interface_is_filtered_again_when_the_agent_starts") {
+fn a_recreated_interface_is_filtered_again() {
+    if !root_or_skip("a_recreated_interface_is_filtered_again") {
         return;
     }
     let mut run = LabRun::start("rt-relink", "xdp", Lab::peers_toml, "");
+    recreate_outsider_segment(&run.lab);
+    let started = Instant::now();
+    while connects(&run.lab, Outsider, Director, 443, false) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the running agent did not attach to the recreated interface within 10 s"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    assert!(connects(&run.lab, ReverseProxy, Director, 4443, false));
+    let log = run.agent.as_ref().unwrap().log().join("\n");
+    assert!(log.contains("attached again"), "{log}");
+
     run.agent.take().unwrap().stop(Agent::STOP_TIMEOUT);
-    let (gw, outsider) = (
-        run.lab.gateway_ns().to_string(),
-        run.lab.host(Outsider).clone(),
-    );
-    let ip = |ns: &str, args: &[&str]| {
-        director_fw_lab::ip_ns(ns, args).unwrap_or_else(|e| panic!("ip {args:?}: {e:#}"));
-    };
-    ip(&gw, &["link", "del", &outsider.gw_iface]);
-    ip(
-        &gw,
-        &[
-            "link",
-            "add",
-            &outsider.gw_iface,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &outsider.iface,
-            "netns",
-            &outsider.ns,
-        ],
-    );
-    ip(
-        &gw,
-        &[
-            "addr",
-            "add",
-            &format!("{}/24", outsider.gw_v4),
-            "dev",
-            &outsider.gw_iface,
-        ],
-    );
-    ip(
-        &gw,
-        &[
-            "-6",
-            "addr",
-            "add",
-            &format!("{}/64", outsider.gw_v6),
-            "dev",
-            &outsider.gw_iface,
-            "nodad",
-        ],
-    );
-    ip(
-        &outsider.ns,
-        &[
-            "addr",
-            "add",
-            &format!("{}/24", outsider.v4),
-            "dev",
-            &outsider.iface,
-        ],
-    );
-    ip(&gw, &["link", "set", &outsider.gw_iface, "up"]);
-    ip(&outsider.ns, &["link", "set", &outsider.iface, "up"]);
-    ip(
-        &outsider.ns,
-        &[
-            "route",
-            "add",
-            "default",
-            "via",
-            &outsider.gw_v4.to_string(),
-        ],
-    );
-    thread::sleep(Duration::from_millis(200));
+    recreate_outsider_segment(&run.lab);
     assert!(
         connects(&run.lab, Outsider, Director, 443, false),
-        "the recreated interface should be unfiltered until an agent starts (the test's premise)"
+        "the recreated interface should be unfiltered while no agent runs (the test's premise)"
     );
     run.start_agent(&[]);
     assert!(
         !connects(&run.lab, Outsider, Director, 443, false),
-        "the agent did not attach to the recreated interface again"
+        "the agent did not attach to the recreated interface at its start"
     );
     assert!(connects(&run.lab, ReverseProxy, Director, 4443, false));
     let log = run.agent.as_ref().unwrap().log().join("\n");
     assert!(log.contains("held no interface any more"), "{log}");
+}
+
+/// Deletes the gateway's interface towards the outsider and creates it again, addresses and
+/// route included.
+fn recreate_outsider_segment(lab: &Lab) {
+    let (gw, host) = (lab.gateway_ns(), lab.host(Outsider));
+    let ip = |ns: &str, args: &[&str]| {
+        director_fw_lab::ip_ns(ns, args).unwrap_or_else(|e| panic!("ip {args:?}: {e:#}"));
+    };
+    let (gw_v4, gw_v6) = (format!("{}/24", host.gw_v4), format!("{}/64", host.gw_v6));
+    let v4 = format!("{}/24", host.v4);
+    let via = host.gw_v4.to_string();
+    ip(gw, &["link", "del", &host.gw_iface]);
+    let peer = ["peer", "name", &host.iface, "netns", &host.ns];
+    ip(
+        gw,
+        &[&["link", "add", &host.gw_iface, "type", "veth"][..], &peer].concat(),
+    );
+    ip(gw, &["addr", "add", &gw_v4, "dev", &host.gw_iface]);
+    ip(
+        gw,
+        &["-6", "addr", "add", &gw_v6, "dev", &host.gw_iface, "nodad"],
+    );
+    ip(&host.ns, &["addr", "add", &v4, "dev", &host.iface]);
+    ip(gw, &["link", "set", &host.gw_iface, "up"]);
+    ip(&host.ns, &["link", "set", &host.iface, "up"]);
+    ip(&host.ns, &["route", "add", "default", "via", &via]);
+    thread::sleep(Duration::from_millis(200));
 }

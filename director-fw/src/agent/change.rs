@@ -267,6 +267,21 @@ impl Agent {
         }
     }
 
+    /// Attaches again where an interface lost its link (see [`crate::datapath::Pins::heal`]).
+    pub(super) fn heal_links(&mut self) {
+        match self.kernel.pins.heal(&self.kernel.ifaces, self.kernel.mode) {
+            Ok(healed) => {
+                for (iface, warning) in healed {
+                    eprintln!("director-fw: {iface} had no live link (the interface was created again, or appeared); attached again");
+                    if let Some(warning) = warning {
+                        eprintln!("director-fw: warning: {warning}");
+                    }
+                }
+            }
+            Err(err) => eprintln!("director-fw: error: checking the interfaces' links: {err}"),
+        }
+    }
+
     pub(super) fn reload_on_signal(&mut self) {
         match self.reload(None, None) {
             Ok(what) => eprintln!("director-fw: SIGHUP: {what}"),

@@ -10,6 +10,10 @@ use crate::{
 
 use super::{Agent, AgentError, RunOptions};
 
+/// How often the agent checks that every interface it filters still has a live link: an
+/// interface removed and created again is filtered by nothing until it is attached again.
+const LINK_WATCH: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// `director-fw run`: starts the agent and serves until a signal stops it or `detach`.
 pub fn run(instance: Instance, options: RunOptions) -> Result<(), AgentError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -43,6 +47,7 @@ pub fn run(instance: Instance, options: RunOptions) -> Result<(), AgentError> {
             s.start,
             agent.instance.socket().display()
         );
+        let mut watch = tokio::time::interval(LINK_WATCH);
         loop {
             let deadline = agent.deadline();
             let expiry = async {
@@ -66,6 +71,7 @@ pub fn run(instance: Instance, options: RunOptions) -> Result<(), AgentError> {
                     }
                 }
                 _ = hup.recv() => agent.reload_on_signal(),
+                _ = watch.tick() => agent.heal_links(),
                 _ = expiry => agent.revert(),
                 _ = term.recv() => break,
                 _ = int.recv() => break,

@@ -65,9 +65,61 @@ fn interface_exists(iface: &str) -> bool {
     unsafe { libc::if_nametoindex(name.as_ptr()) != 0 }
 }
 
+/// Attaches an XDP program to one interface and hands back the link, for the caller to pin.
+/// Native XDP that the driver cannot do falls back to generic XDP; the message says so.
+pub(super) fn attach_xdp(
+    xdp: &mut Xdp,
+    iface: &str,
+    mode: AttachMode,
+) -> Result<(FdLink, Option<String>), DatapathError> {
+    let attach_err = |mode: AttachMode, source| DatapathError::Attach {
+        iface: iface.to_string(),
+        mode: mode.name(),
+        source,
+    };
+    let mut warning = None;
+    let id = match (mode, xdp.attach(iface, XdpMode::Driver)) {
+        (AttachMode::Xdp, Ok(id)) => id,
+        (AttachMode::Xdp, Err(native)) => {
+            warning = Some(format!(
+                "{iface}: native XDP is not available ({native}); attached in generic (skb) mode instead, which is slower. Use --mode tc or a driver with XDP support for line rate."
+            ));
+            xdp.attach(iface, XdpMode::Skb)
+                .map_err(|e| attach_err(AttachMode::XdpGeneric, e))?
+        }
+        _ => xdp
+            .attach(iface, XdpMode::Skb)
+            .map_err(|e| attach_err(mode, e))?,
+    };
+    let link = xdp.take_link(id)?;
+    Ok((fd_link(iface, link)?, warning))
+}
+
+/// Attaches a TC program to one interface's ingress and hands back the link.
+pub(super) fn attach_tc(tc: &mut SchedClassifier, iface: &str) -> Result<FdLink, DatapathError> {
+    let id = tc
+        .attach(iface, TcAttachType::Ingress)
+        .map_err(|source| DatapathError::Attach {
+            iface: iface.to_string(),
+            mode: AttachMode::Tc.name(),
+            source,
+        })?;
+    let link = tc.take_link(id)?;
+    fd_link(iface, link)
+}
+
+/// A link that can be pinned, or the refusal to run without one.
+fn fd_link<L>(iface: &str, link: L) -> Result<FdLink, DatapathError>
+where
+    FdLink: TryFrom<L>,
+{
+    FdLink::try_from(link).map_err(|_| DatapathError::NotALink {
+        iface: iface.to_string(),
+    })
+}
+
 impl Datapath {
-    /// Attaches to one interface and hands back the link, for the caller to pin. Native XDP
-    /// that the driver cannot do falls back to generic XDP; the returned message says so.
+    /// Attaches to one interface and hands back the link, for the caller to pin.
     pub fn attach(
         &mut self,
         iface: &str,
@@ -76,42 +128,9 @@ impl Datapath {
         if !interface_exists(iface) {
             return Err(DatapathError::NoInterface(iface.to_string()));
         }
-        let attach_err = |mode: AttachMode, source| DatapathError::Attach {
-            iface: iface.to_string(),
-            mode: mode.name(),
-            source,
-        };
-        let not_a_link = |_| DatapathError::NotALink {
-            iface: iface.to_string(),
-        };
         match mode {
-            AttachMode::Xdp | AttachMode::XdpGeneric => {
-                let xdp = self.xdp_mut()?;
-                let mut warning = None;
-                let id = match (mode, xdp.attach(iface, XdpMode::Driver)) {
-                    (AttachMode::Xdp, Ok(id)) => id,
-                    (AttachMode::Xdp, Err(native)) => {
-                        warning = Some(format!(
-                            "{iface}: native XDP is not available ({native}); attached in generic (skb) mode instead, which is slower. Use --mode tc or a driver with XDP support for line rate."
-                        ));
-                        xdp.attach(iface, XdpMode::Skb)
-                            .map_err(|e| attach_err(AttachMode::XdpGeneric, e))?
-                    }
-                    _ => xdp
-                        .attach(iface, XdpMode::Skb)
-                        .map_err(|e| attach_err(mode, e))?,
-                };
-                let link = xdp.take_link(id)?;
-                Ok((FdLink::try_from(link).map_err(not_a_link)?, warning))
-            }
-            AttachMode::Tc => {
-                let tc = self.tc_mut()?;
-                let id = tc
-                    .attach(iface, TcAttachType::Ingress)
-                    .map_err(|e| attach_err(mode, e))?;
-                let link = tc.take_link(id)?;
-                Ok((FdLink::try_from(link).map_err(not_a_link)?, None))
-            }
+            AttachMode::Xdp | AttachMode::XdpGeneric => attach_xdp(self.xdp_mut()?, iface, mode),
+            AttachMode::Tc => Ok((attach_tc(self.tc_mut()?, iface)?, None)),
         }
     }
 

@@ -18,7 +18,10 @@ use std::{
 
 use aya::{
     maps::{Map, MapData, MapType},
-    programs::links::{FdLink, PinnedLink},
+    programs::{
+        links::{FdLink, PinnedLink},
+        SchedClassifier, Xdp,
+    },
 };
 use director_fw_common::{
     maps, verdict::COUNTER_SLOTS, Counter, FlowKey, FlowState, FragKey, FragState,
@@ -27,7 +30,7 @@ use director_fw_common::{
 use crate::instance::Lock;
 
 use super::{
-    attach::put_back,
+    attach::{attach_tc, attach_xdp, put_back},
     io,
     load::data,
     swap::{PolicyMaps, Snapshot},
@@ -125,6 +128,48 @@ impl Pins {
             }
         }
         Ok(dead)
+    }
+
+    /// Attaches the pinned program again to each of `ifaces` that exists but has no live
+    /// link (an interface removed and created again, or one that appeared since the start),
+    /// and pins the new links. Returns the interfaces it attached to, with any warning.
+    pub fn heal(
+        &self,
+        ifaces: &[String],
+        mode: AttachMode,
+    ) -> Result<Vec<(String, Option<String>)>, DatapathError> {
+        let pinned = self.links()?;
+        let mut healed = Vec::new();
+        for iface in ifaces {
+            let now = interface_index(iface);
+            if now == 0 {
+                // Nothing to attach to until the interface exists.
+                continue;
+            }
+            if let Some(link) = pinned.iter().find(|l| &l.iface == iface) {
+                if link_ifindex(&link.path) == Some(now) {
+                    continue;
+                }
+                fs::remove_file(&link.path).map_err(io(link.path.display()))?;
+            }
+            let program = self
+                .program_path(mode.program())
+                .ok_or(DatapathError::Missing(mode.program()))?;
+            let (link, warning) = match mode {
+                AttachMode::Xdp | AttachMode::XdpGeneric => {
+                    let mut xdp =
+                        Xdp::from_pin(&program, aya_obj::programs::XdpAttachType::Interface)?;
+                    attach_xdp(&mut xdp, iface, mode)?
+                }
+                AttachMode::Tc => (
+                    attach_tc(&mut SchedClassifier::from_pin(&program)?, iface)?,
+                    None,
+                ),
+            };
+            link.pin(self.link(mode, iface))?;
+            healed.push((iface.clone(), warning));
+        }
+        Ok(healed)
     }
 
     /// The id of the object whose program the links run, from the program's pin.
