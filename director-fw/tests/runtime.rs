@@ -368,8 +368,11 @@ fn an_unconfirmed_reload_reverts_and_a_confirmed_one_stays() {
     std::fs::write(&narrower, text).unwrap();
     let file = narrower.to_str().unwrap();
 
+    // A runtime peer deleted while the reload waits stays deleted after the revert.
+    run.ok(&["peers", "add", "front-end", "198.18.3.77"]);
     let started = Instant::now();
     run.ok(&["policy", "reload", file, "--confirm-within", "2"]);
+    run.ok(&["peers", "del", "front-end", "198.18.3.77"]);
     let pending = status(&run);
     assert_eq!(pending["policy"]["source"], file);
     assert!(pending["pending_confirm"].is_object(), "{pending}");
@@ -386,6 +389,11 @@ fn an_unconfirmed_reload_reverts_and_a_confirmed_one_stays() {
         "reverted before its deadline"
     );
     assert_eq!(status(&run)["policy"]["source"], first);
+    let listed = run.ok(&["peers", "list"]);
+    assert!(
+        !listed.contains("198.18.3.77"),
+        "the revert brought back a deleted peer: {listed}"
+    );
     assert!(
         pins.snapshot().unwrap().same_policy(&original),
         "the revert is not the original"
@@ -468,4 +476,34 @@ fn recreate_outsider_segment(lab: &Lab) {
     ip(&host.ns, &["link", "set", &host.iface, "up"]);
     ip(&host.ns, &["route", "add", "default", "via", &via]);
     thread::sleep(Duration::from_millis(200));
+}
+
+/// `detach` through a running agent: the agent removes the links and pins and stops, and the
+/// interfaces pass everything (the explicit fail-open).
+#[test]
+fn detach_through_a_running_agent_opens_the_gate_and_stops_it() {
+    if !root_or_skip("detach_through_a_running_agent_opens_the_gate_and_stops_it") {
+        return;
+    }
+    let mut run = LabRun::start("rt-detach", "tc", Lab::peers_toml, "");
+    assert!(!connects(&run.lab, Outsider, Director, 443, false));
+    let said = run.ok(&["detach", "--yes"]);
+    assert!(said.contains("detached from"), "{said}");
+    let stopped = run.agent.take().unwrap().stop(Agent::STOP_TIMEOUT);
+    assert!(
+        stopped.is_some_and(|s| s.success()),
+        "the agent did not exit by itself: {stopped:?}"
+    );
+    assert!(
+        !agent_pin_dir(run.name()).exists(),
+        "pins left after detach"
+    );
+    assert!(
+        connects(&run.lab, Outsider, Director, 443, false),
+        "still filtered after detach"
+    );
+    // Without an agent, a detach of nothing says so and succeeds.
+    assert!(run
+        .ok(&["detach", "--yes"])
+        .contains("nothing was attached"));
 }

@@ -72,9 +72,10 @@ impl Agent {
             } => explain::explain(&self.effective, src, dst, proto, sport, dport)
                 .map(Response::Explain)
                 .map_err(AgentError::Refused),
-            Request::Detach => {
-                super::detach(&self.instance).map(|interfaces| Response::Detached { interfaces })
-            }
+            // This agent holds the instance's lock: nothing else changes the pins meanwhile.
+            Request::Detach => crate::datapath::detach(&self.kernel.pins)
+                .map(|interfaces| Response::Detached { interfaces })
+                .map_err(AgentError::from),
         };
         result.unwrap_or_else(|err| Response::Error {
             message: err.to_string(),
@@ -252,8 +253,11 @@ impl Agent {
             return;
         };
         let to = pending.previous.policy.source.clone();
+        // The runtime peers of now, and those of then that the reload dropped because its
+        // file listed them (a peer deleted since stays deleted).
         let (peers, dropped) = pending
             .peers
+            .listed_in(&self.source.policy)
             .union(&self.state.peers)
             .keep_roles_of(&pending.previous.policy);
         for (role, net) in &dropped {
@@ -381,6 +385,9 @@ impl Kernel {
         fresh: &[u32],
         flow_table_size: u32,
     ) -> Result<(), AgentError> {
+        // Packets of the policy before the last switch may still count in a slot that has
+        // just been freed: zero new rules' slots only once they are done.
+        self.maps.settle();
         for &slot in fresh {
             self.counters.zero(Verdict::Rule(slot).slot())?;
         }

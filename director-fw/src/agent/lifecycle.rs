@@ -211,19 +211,28 @@ pub(super) fn take_over(
     let mut dp = load(object, compiled, flows, mode, Some(pins))?;
     zero(&mut dp.state.counters, fresh_slots)?;
     dp.policy.install(compiled)?;
-    let pinned = pins.take_over(&mut dp)?;
-    let mut links = Vec::new();
+    let (pinned, mut warnings) = pins.take_over(&mut dp)?;
+    // The pinned links run the new maps now: nothing below may fail the hand-over, or the
+    // agent would go on writing maps that nothing reads. An interface that cannot be attached
+    // now is retried by the agent's link watch.
     for iface in ifaces
         .iter()
         .filter(|i| !pinned.iter().any(|l| &&l.iface == i))
     {
-        let (link, warning) = dp.attach(iface, mode)?;
-        if let Some(warning) = warning {
-            eprintln!("director-fw: warning: {warning}");
+        let attached = dp.attach(iface, mode).and_then(|(link, warning)| {
+            pins.pin_links(vec![(mode, iface.clone(), link)])?;
+            Ok(warning)
+        });
+        match attached {
+            Ok(warning) => warnings.extend(warning),
+            Err(err) => warnings.push(format!(
+                "{iface}: not attached yet ({err}); the agent tries again every few seconds"
+            )),
         }
-        links.push((mode, iface.clone(), link));
     }
-    pins.pin_links(links)?;
+    for warning in warnings {
+        eprintln!("director-fw: warning: {warning}");
+    }
     Ok(dp.into_parts())
 }
 

@@ -121,8 +121,9 @@ impl Pins {
     pub fn prune_dead_links(&self) -> Result<Vec<String>, DatapathError> {
         let mut dead = Vec::new();
         for link in self.links()? {
-            let now = interface_index(&link.iface);
-            if now == 0 || link_ifindex(&link.path) != Some(now) {
+            // Only what the kernel itself reports as detached (ifindex 0) is dead: a link that
+            // cannot be read, or holds an interface of another name, is left alone.
+            if link_ifindex(&link.path) == Some(0) {
                 fs::remove_file(&link.path).map_err(io(link.path.display()))?;
                 dead.push(link.iface);
             }
@@ -147,7 +148,7 @@ impl Pins {
                 continue;
             }
             if let Some(link) = pinned.iter().find(|l| &l.iface == iface) {
-                if link_ifindex(&link.path) == Some(now) {
+                if link_ifindex(&link.path) != Some(0) {
                     continue;
                 }
                 fs::remove_file(&link.path).map_err(io(link.path.display()))?;
@@ -303,7 +304,15 @@ impl Pins {
 
     /// Hands the pinned links to a new object: its program replaces the old one on each link,
     /// and its policy maps and program take the old pins' places. The state maps were shared.
-    pub fn take_over(&self, datapath: &mut Datapath) -> Result<Vec<LinkPin>, DatapathError> {
+    ///
+    /// Links whose interface is gone are unpinned first. Once the links run the new program,
+    /// what remains (repinning the maps and the program) cannot undo the hand-over: its
+    /// failures come back as warnings, with the links.
+    pub fn take_over(
+        &self,
+        datapath: &mut Datapath,
+    ) -> Result<(Vec<LinkPin>, Vec<String>), DatapathError> {
+        self.prune_dead_links()?;
         let links = self.links()?;
         // Every link opens before any changes hands, so that a bad one stops it early.
         let opened = links
@@ -335,11 +344,18 @@ impl Pins {
                 let _ = fs::remove_file(entry.path());
             }
         }
+        let mut warnings = Vec::new();
         for dir in [self.maps_dir(), self.progs_dir()] {
-            fs::create_dir_all(&dir).map_err(io(dir.display()))?;
+            if let Err(err) = fs::create_dir_all(&dir) {
+                warnings.push(format!("{}: {err}", dir.display()));
+            }
         }
-        self.pin_maps(datapath)?;
-        Ok(links)
+        if let Err(err) = self.pin_maps(datapath) {
+            warnings.push(format!(
+                "the new maps run, but pinning them failed ({err}); a restarted agent takes the datapath over again"
+            ));
+        }
+        Ok((links, warnings))
     }
 
     fn pin_maps(&self, datapath: &mut Datapath) -> Result<(), DatapathError> {

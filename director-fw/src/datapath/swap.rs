@@ -233,15 +233,20 @@ impl PolicyMaps {
         }
     }
 
+    /// Waits until no packet can still be reading the generation before the last switch.
+    pub fn settle(&mut self) {
+        if let Some(grace) = self.grace.take() {
+            // It only waits in the kernel; a panic there is impossible, and it is done either way.
+            let _ = grace.join();
+        }
+    }
+
     /// Writes `compiled` into the generation not in force, then makes it the one in force.
     /// On an error nothing changes for the kernel: `ACTIVE` still names the old generation.
     pub fn install(&mut self, compiled: &Compiled) -> Result<Installed, DatapathError> {
         self.fits(compiled).map_err(DatapathError::DoesNotFit)?;
         let started = Instant::now();
-        if let Some(grace) = self.grace.take() {
-            // It only waits in the kernel; a panic there is impossible, and it is done either way.
-            let _ = grace.join();
-        }
+        self.settle();
         let grace = started.elapsed();
         let next = (self.generation + 1) % GENERATIONS;
         // On an error, what was written stays unread, and `held` still says what is there.

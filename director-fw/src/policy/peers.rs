@@ -179,6 +179,17 @@ impl RuntimePeers {
         all
     }
 
+    /// The ones of these peers that `file` lists itself.
+    pub fn listed_in(&self, file: &Policy) -> RuntimePeers {
+        let mut listed = RuntimePeers::default();
+        for (role, nets) in &self.0 {
+            for net in nets.iter().filter(|n| RuntimePeers::in_file(file, role, n)) {
+                listed.0.entry(role.clone()).or_default().insert(*net);
+            }
+        }
+        listed
+    }
+
     /// These peers less those whose role `file` does not have, which are returned apart.
     pub fn keep_roles_of(&self, file: &Policy) -> (RuntimePeers, Vec<(String, IpNet)>) {
         let mut kept = RuntimePeers::default();
