@@ -496,8 +496,9 @@ fn sync<K: Copy + Eq + std::hash::Hash, V: Copy + PartialEq>(
 
 /// Waits until every BPF program that was running has finished: `membarrier` with
 /// `MEMBARRIER_CMD_GLOBAL` is `synchronize_rcu()`, and XDP and TC programs run inside RCU
-/// read-side sections. Where it is unavailable (nohz_full kernels), a pause far longer than
-/// any program run stands in.
+/// read-side sections. On a single CPU it returns at once, which is enough: XDP and TC run in
+/// softirq context, which the agent cannot interrupt. Where it is unavailable (nohz_full
+/// kernels), a pause far longer than any program run stands in.
 fn grace_period() {
     const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
     // SAFETY: membarrier takes no pointers.
