@@ -6,7 +6,7 @@
 //! - `datapath`: the kernel side, the only module that uses aya;
 //! - `instance`: every path of an instance;
 //! - `agent`: the running agent; `control`: its socket protocol, server and client;
-//! - `stats`: counters as operators read them.
+//! - `telemetry`: counters as operators read them (`stats`), and as Prometheus scrapes them.
 
 pub mod agent;
 pub mod compile;
@@ -16,7 +16,7 @@ pub mod explain;
 pub mod instance;
 pub mod model;
 pub mod policy;
-pub mod stats;
+pub mod telemetry;
 
 pub use compile::{compile, Compiled};
 pub use datapath::{AttachMode, Datapath};

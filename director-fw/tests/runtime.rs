@@ -507,3 +507,61 @@ fn detach_through_a_running_agent_opens_the_gate_and_stops_it() {
         .ok(&["detach", "--yes"])
         .contains("nothing was attached"));
 }
+
+/// `run --metrics`: a real HTTP client gets Prometheus text whose counters are those of
+/// `stats --json` at the same moment, with no address in any label.
+#[test]
+fn metrics_agree_with_stats_and_hold_no_addresses() {
+    if !root_or_skip("metrics_agree_with_stats_and_hold_no_addresses") {
+        return;
+    }
+    let mut run = LabRun::start("rt-metrics", "xdp", Lab::peers_toml, "");
+    run.agent.take().unwrap().stop(Agent::STOP_TIMEOUT);
+    let addr = "127.0.0.1:9810";
+    run.start_agent(&[OsStr::new("--metrics"), OsStr::new(addr)]);
+    assert!(connects(&run.lab, ReverseProxy, Director, 4443, false));
+    assert!(!connects(&run.lab, Outsider, Director, 443, false));
+
+    let url = format!("http://{addr}/metrics");
+    let out = director_fw_lab::run_in_netns(run.lab.gateway_ns(), "curl", &["-sf", &url], None)
+        .expect("curl GET /metrics in the gateway namespace");
+    let stats = run.json(&["stats", "--json"]);
+    let value = |name: &str| -> u64 {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} in:\n{out}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let from_stats = |section: &str, key: &str, name: &str| -> u64 {
+        stats[section]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e[key] == name && e["audit"].as_bool() != Some(true))
+            .and_then(|e| e["packets"].as_u64())
+            .unwrap()
+    };
+    let rule = value("director_fw_rule_packets_total{rule=\"rp-director-https\"}");
+    assert!(rule > 0);
+    assert_eq!(rule, from_stats("rules", "id", "rp-director-https"));
+    let drops = value("director_fw_drop_packets_total{reason=\"no-rule\",audit=\"false\"}");
+    assert!(drops > 0);
+    assert_eq!(drops, from_stats("drops", "reason", "no-rule"));
+    assert_eq!(value("director_fw_peers{role=\"director\"}"), 2);
+    assert!(out.contains("director_fw_build_info{"), "{out}");
+    for label in out
+        .lines()
+        .filter_map(|l| l.split_once('{'))
+        .flat_map(|(_, rest)| {
+            rest.split(['"', ',', '}'])
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+    {
+        assert!(
+            label.parse::<std::net::IpAddr>().is_err(),
+            "an address in a label: {label}"
+        );
+    }
+}

@@ -23,7 +23,8 @@ const NIGHTLY_COMPONENTS: &[&str] = &["rust-src", "rustfmt", "clippy"];
 
 /// Debian packages used by the tests and benches: `ip`, `nft`, `iptables`, `ethtool`,
 /// `nsenter` (util-linux), which lets a process join a lab netns but keep the shared /sys,
-/// and so the bpffs pins, and `xdp-filter` (xdp-tools), a baseline of the lab bench.
+/// and so the bpffs pins, `xdp-filter` (xdp-tools), a baseline of the lab bench, and `curl`,
+/// the real HTTP client of the metrics test.
 const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
     "nftables",
@@ -31,6 +32,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "ethtool",
     "util-linux",
     "xdp-tools",
+    "curl",
 ];
 
 const BPFFS: &str = "/sys/fs/bpf";

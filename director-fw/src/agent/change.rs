@@ -19,7 +19,7 @@ use crate::{
     datapath::DatapathError,
     explain,
     policy::{format_ports, profile, Peer, PeerEntry, RoleId, RuntimePeers},
-    stats,
+    telemetry::{metrics, stats},
 };
 
 use super::{
@@ -43,7 +43,7 @@ impl Agent {
                 file,
                 confirm_within,
             } => self
-                .reload(file, confirm_within)
+                .counted_reload(file, confirm_within)
                 .map(|m| self.changed(m, received)),
             Request::PolicyConfirm => match self.pending.take() {
                 Some(_) => Ok(self.changed("confirmed; the new policy stays".into(), received)),
@@ -107,16 +107,12 @@ impl Agent {
         if let Err(err) = installed {
             // The kernel did not change; neither does the saved state.
             if let Err(undo) = self.state.save(&path) {
-                eprintln!(
-                    "director-fw: warning: could not restore {}: {undo}",
-                    path.display()
-                );
+                tracing::warn!("could not restore {}: {undo}", path.display());
             }
             return Err(err);
         }
         if next.effective.options.flow_table_size != flows {
-            eprintln!(
-                "director-fw: warning: flow_table_size {} takes effect only when the datapath is loaded anew (after `director-fw detach`); the flow table keeps its size",
+            tracing::warn!("flow_table_size {} takes effect only when the datapath is loaded anew (after `director-fw detach`); the flow table keeps its size",
                 next.effective.options.flow_table_size
             );
         }
@@ -178,10 +174,7 @@ impl Agent {
                 self.live = live;
             }
             if let Err(undo) = self.state.save(&path) {
-                eprintln!(
-                    "director-fw: warning: could not restore {}: {undo}",
-                    path.display()
-                );
+                tracing::warn!("could not restore {}: {undo}", path.display());
             }
             return Err(err);
         }
@@ -202,6 +195,20 @@ impl Agent {
                 .peers
                 .retain(|p| p.role != role || !gone.contains(&p.net));
         }
+    }
+
+    /// [`Agent::reload`], counted for the metrics.
+    fn counted_reload(
+        &mut self,
+        file: Option<std::path::PathBuf>,
+        confirm_within: Option<u64>,
+    ) -> Result<String, AgentError> {
+        let result = self.reload(file, confirm_within);
+        match result {
+            Ok(_) => self.reloads += 1,
+            Err(_) => self.reload_failures += 1,
+        }
+        result
     }
 
     fn reload(
@@ -261,13 +268,15 @@ impl Agent {
             .union(&self.state.peers)
             .keep_roles_of(&pending.previous.policy);
         for (role, net) in &dropped {
-            eprintln!("director-fw: warning: the revert drops runtime peer {net} of role {role:?}, which {to} does not have");
+            tracing::warn!(
+                "the revert drops runtime peer {net} of role {role:?}, which {to} does not have"
+            );
         }
         match self.commit(pending.previous, peers, self.state.audit) {
-            Ok(()) => eprintln!("director-fw: no `policy confirm` in time: reverted to {to}"),
-            Err(err) => eprintln!(
-                "director-fw: error: reverting to {to} failed, the reloaded policy stays: {err}"
-            ),
+            Ok(()) => tracing::info!("no `policy confirm` in time: reverted to {to}"),
+            Err(err) => {
+                tracing::error!("reverting to {to} failed, the reloaded policy stays: {err}")
+            }
         }
     }
 
@@ -276,21 +285,21 @@ impl Agent {
         match self.kernel.pins.heal(&self.kernel.ifaces, self.kernel.mode) {
             Ok(healed) => {
                 for (iface, warning) in healed {
-                    eprintln!("director-fw: {iface} had no live link (the interface was created again, or appeared); attached again");
+                    tracing::info!("{iface} had no live link (the interface was created again, or appeared); attached again");
                     if let Some(warning) = warning {
-                        eprintln!("director-fw: warning: {warning}");
+                        tracing::warn!("{warning}");
                     }
                 }
             }
-            Err(err) => eprintln!("director-fw: error: checking the interfaces' links: {err}"),
+            Err(err) => tracing::error!("checking the interfaces' links: {err}"),
         }
     }
 
     pub(super) fn reload_on_signal(&mut self) {
-        match self.reload(None, None) {
-            Ok(what) => eprintln!("director-fw: SIGHUP: {what}"),
+        match self.counted_reload(None, None) {
+            Ok(what) => tracing::info!("SIGHUP: {what}"),
             Err(err) => {
-                eprintln!("director-fw: error: SIGHUP reload refused, nothing changed: {err}")
+                tracing::error!("SIGHUP reload refused, nothing changed: {err}")
             }
         }
     }
@@ -362,6 +371,38 @@ impl Agent {
         }
     }
 
+    /// The Prometheus text of this moment.
+    pub(super) fn metrics(&self) -> Result<String, AgentError> {
+        let stats = self.stats()?;
+        let (flow_entries, flow_capacity) = self.kernel.pins.flow_table()?;
+        let mut peers: std::collections::BTreeMap<String, i64> = self
+            .effective
+            .roles
+            .iter()
+            .map(|role| (role.clone(), 0))
+            .collect();
+        for peer in &self.effective.peers {
+            *peers
+                .entry(self.effective.role_name(peer.role).to_string())
+                .or_default() += 1;
+        }
+        let last_change = self
+            .last_change
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        Ok(metrics::render(&metrics::Snapshot {
+            stats: &stats,
+            peers: peers.into_iter().collect(),
+            flow_entries: flow_entries as i64,
+            flow_capacity: flow_capacity as i64,
+            reloads: self.reloads,
+            reload_failures: self.reload_failures,
+            last_change,
+            version: env!("CARGO_PKG_VERSION"),
+            object: &self.object_id,
+        }))
+    }
+
     fn stats(&self) -> Result<stats::Stats, AgentError> {
         let rules: Vec<(String, u32)> = self
             .effective
@@ -394,7 +435,7 @@ impl Kernel {
         match self.maps.install(compiled) {
             Ok(_) => Ok(()),
             Err(DatapathError::DoesNotFit(why)) => {
-                eprintln!("director-fw: the policy outgrows its maps ({why}); loading larger ones");
+                tracing::info!("the policy outgrows its maps ({why}); loading larger ones");
                 let (maps, counters) = take_over(
                     &self.pins,
                     &self.object,

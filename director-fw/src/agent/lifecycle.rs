@@ -22,6 +22,8 @@ pub struct RunOptions {
     pub audit: bool,
     /// Another build of the kernel object to run instead of the built-in one (upgrade tests).
     pub object: Option<PathBuf>,
+    /// Where to serve Prometheus metrics (`GET /metrics`).
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 impl Agent {
@@ -62,7 +64,7 @@ impl Agent {
 
         let pins = instance.pins();
         for iface in pins.prune_dead_links()? {
-            eprintln!("director-fw: warning: the pinned link on {iface} held no interface any more (it was removed, or removed and created again), so nothing filtered it; attaching again");
+            tracing::warn!("the pinned link on {iface} held no interface any more (it was removed, or removed and created again), so nothing filtered it; attaching again");
         }
         let pinned = pins.links()?;
         let wanted: BTreeSet<&str> = options.ifaces.iter().map(String::as_str).collect();
@@ -102,7 +104,7 @@ impl Agent {
                 // enforcing before, and nothing is pinned yet.
                 let (link, warning) = dp.attach(iface, options.mode)?;
                 if let Some(warning) = warning {
-                    eprintln!("director-fw: warning: {warning}");
+                    tracing::warn!("{warning}");
                 }
                 links.push((options.mode, iface.clone(), link));
             }
@@ -156,6 +158,8 @@ impl Agent {
             },
             object_id: id,
             audit_flag: options.audit,
+            reloads: 0,
+            reload_failures: 0,
             source,
             state,
             effective,
@@ -231,7 +235,7 @@ pub(super) fn take_over(
         }
     }
     for warning in warnings {
-        eprintln!("director-fw: warning: {warning}");
+        tracing::warn!("{warning}");
     }
     Ok(dp.into_parts())
 }

@@ -149,6 +149,9 @@ pub struct Agent {
     object_id: String,
     /// `run --audit`: audit whatever the file says (unless `audit off` said otherwise).
     audit_flag: bool,
+    /// Reloads applied and refused since the start, for the metrics.
+    reloads: u64,
+    reload_failures: u64,
     source: Source,
     state: State,
     /// The policy in force: the file's with the runtime peers and the audit switch.

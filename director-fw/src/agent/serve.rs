@@ -30,12 +30,24 @@ pub fn run(instance: Instance, options: RunOptions) -> Result<(), AgentError> {
         let mut term = signal(SignalKind::terminate()).map_err(io("SIGTERM handler"))?;
         let mut int = signal(SignalKind::interrupt()).map_err(io("SIGINT handler"))?;
 
+        // Bound before the datapath is touched: a bad address changes nothing.
+        let metrics_addr = options.metrics;
+        let metrics = match metrics_addr {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(io(&format!("serving metrics on {addr}")))?,
+            ),
+            None => None,
+        };
         let mut agent = Agent::start(instance, options)?;
+        if let Some(addr) = metrics_addr {
+            tracing::info!("Prometheus metrics on http://{addr}/metrics");
+        }
         let server = Server::bind(&agent.instance)
             .map_err(io(&agent.instance.socket().display().to_string()))?;
         let s = agent.status();
-        eprintln!(
-            "director-fw: instance {:?} enforcing {} ({} rules, {} peers, {} at runtime{}) on {} in {} mode ({} the datapath); control socket {}",
+        tracing::info!("instance {:?} enforcing {} ({} rules, {} peers, {} at runtime{}) on {} in {} mode ({} the datapath); control socket {}",
             s.instance,
             s.policy.source,
             agent.effective.rules.len(),
@@ -66,8 +78,16 @@ pub fn run(instance: Instance, options: RunOptions) -> Result<(), AgentError> {
                     let detached = matches!(response, Response::Detached { .. });
                     connection.respond(response).await;
                     if detached {
-                        eprintln!("director-fw: detached on request; the interfaces pass everything now");
+                        tracing::info!("detached on request; the interfaces pass everything now");
                         return Ok(());
+                    }
+                }
+                scrape = accept(metrics.as_ref()) => {
+                    if let Ok((stream, _)) = scrape {
+                        // The text is made here, from this moment's counters; the connection is
+                        // served on a task of its own, so a slow scraper holds up nothing.
+                        let text = agent.metrics();
+                        tokio::spawn(serve_metrics(stream, text.map_err(|e| e.to_string())));
                     }
                 }
                 _ = hup.recv() => agent.reload_on_signal(),
@@ -77,10 +97,47 @@ pub fn run(instance: Instance, options: RunOptions) -> Result<(), AgentError> {
                 _ = int.recv() => break,
             }
         }
-        eprintln!(
-            "director-fw: stopping; the datapath stays attached to {} and keeps enforcing (`director-fw detach` removes it)",
+        tracing::info!("stopping; the datapath stays attached to {} and keeps enforcing (`director-fw detach` removes it)",
             agent.kernel.ifaces.join(", ")
         );
         Ok(())
     })
+}
+
+/// The next scrape's connection; never, without a metrics address.
+async fn accept(
+    listener: Option<&tokio::net::TcpListener>,
+) -> std::io::Result<(tokio::net::TcpStream, std::net::SocketAddr)> {
+    match listener {
+        Some(listener) => listener.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Answers one HTTP connection: `GET /metrics` with `text`, anything else with 404.
+async fn serve_metrics(stream: tokio::net::TcpStream, text: Result<String, String>) {
+    use http_body_util::Full;
+    use hyper::{body::Bytes, header::CONTENT_TYPE, Response, StatusCode};
+
+    const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    let service = hyper::service::service_fn(move |request: hyper::Request<_>| {
+        let (status, kind, body) = match (request.uri().path(), &text) {
+            ("/metrics", Ok(text)) => (StatusCode::OK, OPENMETRICS, text.clone()),
+            ("/metrics", Err(err)) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "text/plain",
+                format!("reading the counters: {err}\n"),
+            ),
+            _ => (StatusCode::NOT_FOUND, "text/plain", "try /metrics\n".into()),
+        };
+        let response = Response::builder()
+            .status(status)
+            .header(CONTENT_TYPE, kind)
+            .body(Full::new(Bytes::from(body)));
+        async move { response }
+    });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .keep_alive(false)
+        .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), connection).await;
 }

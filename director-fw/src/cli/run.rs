@@ -23,9 +23,35 @@ pub struct Args {
     /// Run another build of the kernel object instead of the built-in one.
     #[arg(long, hide = true)]
     object: Option<PathBuf>,
+    /// Serve Prometheus metrics on this address (`GET /metrics`), e.g. 127.0.0.1:9810.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
+    /// Least level logged: error, warn, info, debug or trace. RUST_LOG, when set, wins.
+    #[arg(long, default_value = "info")]
+    log_level: tracing::Level,
+}
+
+/// Logs to stderr: colours only on a terminal, and no timestamps under systemd's journal,
+/// which stamps every line itself.
+fn init_logs(level: tracing::Level) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::builder()
+        .with_default_directive(level.into())
+        .from_env_lossy();
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false);
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        fmt.without_time().init();
+    } else {
+        fmt.init();
+    }
 }
 
 pub fn run(instance: Instance, args: Args) -> Result<()> {
+    init_logs(args.log_level);
     agent::run(
         instance,
         RunOptions {
@@ -34,6 +60,7 @@ pub fn run(instance: Instance, args: Args) -> Result<()> {
             policy_file: args.policy,
             audit: args.audit,
             object: args.object,
+            metrics: args.metrics,
         },
     )?;
     Ok(())

@@ -2,7 +2,7 @@ use anyhow::Result;
 use director_fw::{
     control::{Request, Response},
     instance::Instance,
-    stats,
+    telemetry::stats,
 };
 
 #[derive(clap::Args)]

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     explain::{Explanation, Probe},
     policy::{Options, PeerEntry},
-    stats::Stats,
+    telemetry::stats::Stats,
 };
 
 pub const PROTOCOL_VERSION: u32 = 1;

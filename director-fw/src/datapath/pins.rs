@@ -197,6 +197,15 @@ impl Pins {
         PolicyMaps::adopt(&mut |name| self.open(name))?.snapshot()
     }
 
+    /// Flows tracked now, and the flow table's capacity. Counting walks the table's keys, a
+    /// syscall each: a scrape's worth of work, not a per-packet one.
+    pub fn flow_table(&self) -> Result<(u64, u64), DatapathError> {
+        let map = self.open(maps::FLOWS)?;
+        let capacity = data(&map)?.info()?.max_entries();
+        let flows: aya::maps::HashMap<_, FlowKey, FlowState> = aya::maps::HashMap::try_from(&map)?;
+        Ok((flows.keys().count() as u64, u64::from(capacity)))
+    }
+
     /// Whether anything of the instance is pinned.
     pub fn exist(&self) -> bool {
         self.dir.exists()
@@ -329,7 +338,7 @@ impl Pins {
                         .ok_or(DatapathError::Missing(earlier.mode.program()))
                         .and_then(|program| put_back(&program, earlier));
                     if let Err(undo) = back {
-                        eprintln!("director-fw: error: {}: could not put the old program back after a failed hand-over: {undo}", earlier.iface);
+                        tracing::error!("{}: could not put the old program back after a failed hand-over: {undo}", earlier.iface);
                     }
                 }
                 return Err(err);

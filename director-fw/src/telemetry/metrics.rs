@@ -1,0 +1,235 @@
+//! The Prometheus exposition of a snapshot (`run --metrics ADDR`, `GET /metrics`), through
+//! prometheus-client. Labels name rules, reasons, kinds and roles, never addresses, so their
+//! number stays bounded by the policy.
+
+use prometheus_client::{
+    encoding::{text::encode, EncodeLabelSet},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, info::Info},
+    registry::Registry,
+};
+
+use super::stats::Stats;
+
+/// Everything one scrape shows.
+pub struct Snapshot<'a> {
+    pub stats: &'a Stats,
+    /// Peer entries in force, per role.
+    pub peers: Vec<(String, i64)>,
+    pub flow_entries: i64,
+    pub flow_capacity: i64,
+    pub reloads: u64,
+    pub reload_failures: u64,
+    /// Seconds since the epoch of the last policy change.
+    pub last_change: i64,
+    pub version: &'static str,
+    pub object: &'a str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RuleLabel {
+    rule: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DropLabels {
+    reason: String,
+    audit: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RoleLabel {
+    role: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: String,
+    object: String,
+}
+
+/// A pair of counter families, packets and bytes, under one label set.
+fn pair<L>(
+    registry: &mut Registry,
+    name: &str,
+    what: &str,
+) -> (Family<L, Counter>, Family<L, Counter>)
+where
+    L: Clone + std::hash::Hash + Eq + EncodeLabelSet + std::fmt::Debug + Send + Sync + 'static,
+{
+    let packets = Family::<L, Counter>::default();
+    let bytes = Family::<L, Counter>::default();
+    registry.register(
+        format!("{name}_packets"),
+        format!("Packets {what}"),
+        packets.clone(),
+    );
+    registry.register(
+        format!("{name}_bytes"),
+        format!("Bytes {what}"),
+        bytes.clone(),
+    );
+    (packets, bytes)
+}
+
+/// The text exposition of `snapshot`.
+pub fn render(snapshot: &Snapshot<'_>) -> String {
+    let mut registry = Registry::with_prefix("director_fw");
+    let (packets, bytes) = pair::<RuleLabel>(&mut registry, "rule", "passed by each rule");
+    for r in &snapshot.stats.rules {
+        let label = RuleLabel { rule: r.id.clone() };
+        packets.get_or_create(&label).inc_by(r.packets);
+        bytes.get_or_create(&label).inc_by(r.bytes);
+    }
+    let (packets, bytes) = pair::<DropLabels>(
+        &mut registry,
+        "drop",
+        "dropped by reason (audit=\"true\": would have been dropped, passed in audit mode)",
+    );
+    for d in &snapshot.stats.drops {
+        let label = DropLabels {
+            reason: d.reason.clone(),
+            audit: d.audit.to_string(),
+        };
+        packets.get_or_create(&label).inc_by(d.packets);
+        bytes.get_or_create(&label).inc_by(d.bytes);
+    }
+    let (packets, bytes) =
+        pair::<KindLabel>(&mut registry, "pass", "passed without a rule, by kind");
+    for p in &snapshot.stats.passes {
+        let label = KindLabel {
+            kind: p.kind.clone(),
+        };
+        packets.get_or_create(&label).inc_by(p.packets);
+        bytes.get_or_create(&label).inc_by(p.bytes);
+    }
+
+    let gauge = |registry: &mut Registry, name: &str, help: &str, value: i64| {
+        let g = Gauge::<i64>::default();
+        g.set(value);
+        registry.register(name, help, g);
+    };
+    gauge(
+        &mut registry,
+        "flow_table_entries",
+        "Flows tracked now",
+        snapshot.flow_entries,
+    );
+    gauge(
+        &mut registry,
+        "flow_table_capacity",
+        "Flows the flow table holds at most",
+        snapshot.flow_capacity,
+    );
+    gauge(
+        &mut registry,
+        "last_change_timestamp_seconds",
+        "Time of the last policy change (start, peers, reload, audit), seconds since the epoch",
+        snapshot.last_change,
+    );
+    let peers = Family::<RoleLabel, Gauge>::default();
+    registry.register("peers", "Peer entries in force, per role", peers.clone());
+    for (role, n) in &snapshot.peers {
+        peers
+            .get_or_create(&RoleLabel { role: role.clone() })
+            .set(*n);
+    }
+    let counter = |registry: &mut Registry, name: &str, help: &str, value: u64| {
+        let c = Counter::<u64>::default();
+        c.inc_by(value);
+        registry.register(name, help, c);
+    };
+    counter(
+        &mut registry,
+        "policy_reloads",
+        "Policy reloads applied since the agent started",
+        snapshot.reloads,
+    );
+    counter(
+        &mut registry,
+        "policy_reload_failures",
+        "Policy reloads refused since the agent started",
+        snapshot.reload_failures,
+    );
+    registry.register(
+        "build",
+        "The agent's version and kernel object",
+        Info::new(BuildLabels {
+            version: snapshot.version.to_string(),
+            object: snapshot.object.to_string(),
+        }),
+    );
+
+    let mut text = String::new();
+    // Writing into a String cannot fail.
+    let _ = encode(&mut text, &registry);
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telemetry::stats::{DropStat, PassStat, RuleStat};
+
+    #[test]
+    fn renders_counters_gauges_and_build_info_without_addresses() {
+        let stats = Stats {
+            rules: vec![RuleStat {
+                id: "rp-director-https".into(),
+                packets: 7,
+                bytes: 700,
+            }],
+            drops: vec![DropStat {
+                reason: "no-rule".into(),
+                packets: 3,
+                bytes: 180,
+                audit: false,
+            }],
+            passes: vec![PassStat {
+                kind: "flow".into(),
+                packets: 9,
+                bytes: 900,
+            }],
+            interfaces: vec!["eth1".into()],
+        };
+        let text = render(&Snapshot {
+            stats: &stats,
+            peers: vec![("director".into(), 2)],
+            flow_entries: 5,
+            flow_capacity: 262_144,
+            reloads: 1,
+            reload_failures: 0,
+            last_change: 1_700_000_000,
+            version: "0.1.0",
+            object: "abcd",
+        });
+        for line in [
+            "director_fw_rule_packets_total{rule=\"rp-director-https\"} 7",
+            "director_fw_rule_bytes_total{rule=\"rp-director-https\"} 700",
+            "director_fw_drop_packets_total{reason=\"no-rule\",audit=\"false\"} 3",
+            "director_fw_pass_packets_total{kind=\"flow\"} 9",
+            "director_fw_flow_table_entries 5",
+            "director_fw_flow_table_capacity 262144",
+            "director_fw_peers{role=\"director\"} 2",
+            "director_fw_policy_reloads_total 1",
+            "director_fw_build_info{version=\"0.1.0\",object=\"abcd\"} 1",
+        ] {
+            assert!(text.contains(line), "no {line:?} in:\n{text}");
+        }
+        // The Grafana dashboard only graphs metrics that exist.
+        let dashboard = include_str!("../../../contrib/grafana/director-fw.json");
+        for name in dashboard
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("director_fw_"))
+        {
+            assert!(
+                text.contains(&format!("{name}{{")) || text.contains(&format!("{name} ")),
+                "the dashboard graphs {name}, which the agent does not export"
+            );
+        }
+    }
+}
