@@ -46,6 +46,20 @@ fn main() {
         )),
         Err(err) => fail(&format!("could not run rustup to build the eBPF object: {err}")),
     }
+    // The commit, for `--version`; a tree without git (a source package) says so.
+    let commit = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(&root)
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=DIRECTOR_FW_COMMIT={commit}");
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join(".git/HEAD").display()
+    );
     let object = target_dir.join("bpfel-unknown-none/release/director-fw");
     let out = PathBuf::from(env::var("OUT_DIR").unwrap()).join("director-fw.bpf.o");
     copy(&object, &out);

@@ -565,3 +565,81 @@ fn metrics_agree_with_stats_and_hold_no_addresses() {
         );
     }
 }
+
+/// `stats --watch` on a terminal (a pseudo-terminal from `script`): it draws the counters
+/// with their rates, refreshes, and quits on q with status 0. Into a pipe with --json, it
+/// prints one JSON object per interval.
+#[test]
+fn stats_watch_on_a_terminal_and_into_a_pipe() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::process::Stdio;
+    if !root_or_skip("stats_watch_on_a_terminal_and_into_a_pipe") {
+        return;
+    }
+    let run = LabRun::start("rt-watch", "xdp", Lab::peers_toml, "");
+    let shell = format!(
+        "stty cols 80 rows 40; exec {AGENT} --instance {} stats --watch --interval 0.3",
+        run.name()
+    );
+    let mut watch = Command::new("script")
+        .args(["-qec", &shell, "/dev/null"])
+        .env("TERM", "xterm")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("script (util-linux) runs the watch in a pseudo-terminal");
+    let mut screen = watch.stdout.take().unwrap();
+    let reader = thread::spawn(move || {
+        let mut all = Vec::new();
+        let _ = screen.read_to_end(&mut all);
+        String::from_utf8_lossy(&all).into_owned()
+    });
+    for _ in 0..4 {
+        assert!(connects(&run.lab, ReverseProxy, Director, 4443, false));
+        thread::sleep(Duration::from_millis(300));
+    }
+    watch.stdin.as_mut().unwrap().write_all(b"q").unwrap();
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = watch.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "q did not quit the watch"
+        );
+        thread::sleep(Duration::from_millis(50));
+    };
+    let screen = reader.join().unwrap();
+    assert!(status.success(), "the watch exited with {status}: {screen}");
+    for text in ["RULES", "PKT/S", "rp-director-https", "no-rule", "b/s"] {
+        assert!(screen.contains(text), "no {text:?} on the screen: {screen}");
+    }
+
+    let mut piped = Command::new(AGENT)
+        .args([
+            "--instance",
+            run.name(),
+            "stats",
+            "--watch",
+            "--json",
+            "--interval",
+            "0.2",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(piped.stdout.take().unwrap()).lines();
+    for _ in 0..3 {
+        let line = lines.next().expect("a snapshot per interval").unwrap();
+        let snapshot: Value = serde_json::from_str(&line).expect("one JSON object per line");
+        assert!(
+            snapshot["counters"]
+                .as_array()
+                .is_some_and(|c| !c.is_empty()),
+            "{line}"
+        );
+    }
+    let _ = piped.kill();
+    let _ = piped.wait();
+}

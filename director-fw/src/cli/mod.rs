@@ -9,6 +9,7 @@ mod policy;
 mod run;
 mod stats;
 mod status;
+mod watch;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
