@@ -23,8 +23,9 @@ const NIGHTLY_COMPONENTS: &[&str] = &["rust-src", "rustfmt", "clippy"];
 
 /// Debian packages used by the tests and benches: `ip`, `nft`, `iptables`, `ethtool`,
 /// `nsenter` (util-linux), which lets a process join a lab netns but keep the shared /sys,
-/// and so the bpffs pins, `xdp-filter` (xdp-tools), a baseline of the lab bench, and `curl`,
-/// the real HTTP client of the metrics test.
+/// and so the bpffs pins, `xdp-filter` (xdp-tools), a baseline of the lab bench, `curl`, the
+/// real HTTP client of the metrics test, and `systemd`, whose `systemd-analyze` checks the
+/// package's unit.
 const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
     "nftables",
@@ -33,6 +34,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "util-linux",
     "xdp-tools",
     "curl",
+    "systemd",
 ];
 
 const BPFFS: &str = "/sys/fs/bpf";

@@ -34,7 +34,7 @@ pub fn exec_agent(env: &Env, args: &[String]) -> Result<()> {
 }
 
 /// Where cargo put the build: `CARGO_TARGET_DIR` wins over the workspace default, as in cargo.
-fn target_dir(env: &Env) -> PathBuf {
+pub fn target_dir(env: &Env) -> PathBuf {
     match std::env::var_os("CARGO_TARGET_DIR") {
         Some(dir) => env.workspace.join(dir),
         None => env.workspace.join("target"),

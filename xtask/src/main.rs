@@ -7,6 +7,7 @@ mod bench;
 mod bootstrap;
 mod build;
 mod demo;
+mod package;
 mod test;
 
 use std::process::ExitCode;
@@ -38,6 +39,8 @@ enum Command {
     Test,
     /// Build, then run the lab demo.
     Demo,
+    /// Build, then make the Debian package (target/package/) and verify it.
+    Package,
     /// Build, then run the benchmarks.
     Bench {
         /// Arguments passed to the benchmark runner.
@@ -69,6 +72,10 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Demo => {
             build::release(&env)?;
             demo::run(&[])
+        }
+        Command::Package => {
+            build::release(&env)?;
+            package::verify(&package::build(&env)?)
         }
         Command::Bench { args } => {
             build::release(&env)?;

@@ -82,7 +82,8 @@ pub fn run(env: &Env) -> Result<()> {
         },
     ];
 
-    let total = steps.len();
+    // The last step is the package, built from the release binary the tests built.
+    let total = steps.len() + 1;
     for (index, mut step) in steps.into_iter().enumerate() {
         let number = index + 1;
         eprintln!(
@@ -93,6 +94,11 @@ pub fn run(env: &Env) -> Result<()> {
         process::run(&mut step.command)
             .with_context(|| format!("step {number}/{total} ({}) failed", step.name))?;
     }
+    eprintln!("xtask: ==> [{total}/{total}] package: build the Debian package and verify it");
+    crate::build::release(env)
+        .and_then(|()| crate::package::build(env))
+        .and_then(|deb| crate::package::verify(&deb))
+        .with_context(|| format!("step {total}/{total} (package) failed"))?;
     eprintln!("xtask: all {total} steps passed");
     Ok(())
 }

@@ -4,6 +4,7 @@
 mod audit;
 mod detach;
 mod explain;
+mod generate;
 mod peers;
 mod policy;
 mod run;
@@ -53,6 +54,9 @@ enum Command {
     Explain(explain::Args),
     /// Remove the programs and pins: the interfaces pass everything afterwards.
     Detach(detach::Args),
+    /// Shell completions or the man page, for packaging.
+    #[command(hide = true, subcommand)]
+    Generate(generate::Command),
 }
 
 pub fn dispatch(cli: Cli) -> Result<()> {
@@ -72,6 +76,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Stats(args) => stats::run(&instance, args),
         Command::Explain(args) => explain::run(&instance, args),
         Command::Detach(args) => detach::run(&instance, args),
+        Command::Generate(command) => generate::run(command),
     }
 }
 
