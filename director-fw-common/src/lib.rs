@@ -5,6 +5,7 @@
 #![no_std]
 
 pub mod config;
+pub mod events;
 pub mod flow;
 pub mod hosts;
 pub mod maps;
@@ -12,6 +13,7 @@ pub mod rules;
 pub mod verdict;
 
 pub use config::Config;
+pub use events::DropEvent;
 pub use flow::{FlowKey, FlowState, FragKey, FragState};
 pub use hosts::{HostAddr, HostV4, HostV6, TableMasks};
 pub use rules::{port_slot, RuleKey, PORT_SLOTS};
@@ -46,6 +48,7 @@ mod pod {
     unsafe impl aya::Pod for FragState {}
     unsafe impl aya::Pod for RuleKey {}
     unsafe impl aya::Pod for Counter {}
+    unsafe impl aya::Pod for DropEvent {}
     unsafe impl aya::Pod for HostV4 {}
     unsafe impl aya::Pod for HostV6 {}
 }

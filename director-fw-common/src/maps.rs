@@ -32,12 +32,18 @@ pub const FLOWS: &str = "FLOWS";
 pub const FRAGS: &str = "FRAGS";
 /// `PerCpuArray<Counter>`: packets and bytes per counter slot (see [`crate::verdict`]).
 pub const COUNTERS: &str = "COUNTERS";
+/// `RingBuf` of [`crate::DropEvent`]s.
+pub const EVENTS: &str = "EVENTS";
+/// `PerCpuArray<u32>`, one entry: drop events each CPU may still send until the agent refills it.
+pub const EVENT_BUDGET: &str = "EVENT_BUDGET";
+/// `PerCpuArray<u64>`: drop events sent, suppressed and lost (see [`crate::events`]).
+pub const EVENT_STATS: &str = "EVENT_STATS";
 /// `PerCpuArray<u32>`, one entry: the counter slot of the last verdict. Written only when
 /// the program is loaded with the `TRACE` global set, for tests.
 pub const LAST_VERDICT: &str = "LAST_VERDICT";
 
 /// Every map, in the order the loader pins them.
-pub const ALL: [&str; 14] = [
+pub const ALL: [&str; 17] = [
     ACTIVE,
     CONFIG,
     HOST_SEEDS_V4,
@@ -51,12 +57,15 @@ pub const ALL: [&str; 14] = [
     FLOWS,
     FRAGS,
     COUNTERS,
+    EVENTS,
+    EVENT_BUDGET,
+    EVENT_STATS,
     LAST_VERDICT,
 ];
 
 /// Maps that hold what the datapath has learnt rather than what the policy says: they are
 /// kept when a new program or a resized policy takes over (adoption, upgrade, reload).
-pub const STATE: [&str; 3] = [FLOWS, FRAGS, COUNTERS];
+pub const STATE: [&str; 6] = [FLOWS, FRAGS, COUNTERS, EVENTS, EVENT_BUDGET, EVENT_STATS];
 
 /// Name of the `.rodata` global that turns on [`LAST_VERDICT`].
 pub const TRACE_GLOBAL: &str = "TRACE";

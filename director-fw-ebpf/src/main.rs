@@ -5,6 +5,7 @@
 mod classify;
 mod conntrack;
 mod counters;
+mod events;
 mod maps;
 mod parse;
 mod verdict;
@@ -28,6 +29,7 @@ pub fn director_fw_xdp(ctx: XdpContext) -> u32 {
         start: ctx.data(),
         end: ctx.data_end(),
         len: core::hint::black_box(ctx.data_end() - ctx.data()),
+        ifindex: ctx.ingress_ifindex() as u32,
     };
     if verdict::judge(&frame) {
         xdp_action::XDP_PASS
@@ -48,6 +50,8 @@ pub fn director_fw_tc(ctx: TcContext) -> i32 {
         start: ctx.data(),
         end: ctx.data_end(),
         len: len as usize,
+        // SAFETY: the context's skb is valid for the program's run.
+        ifindex: unsafe { (*ctx.skb.skb).ifindex },
     };
     if verdict::judge(&frame) {
         TC_ACT_OK

@@ -3,10 +3,11 @@
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
     macros::map,
-    maps::{lpm_trie::LpmTrie, Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{lpm_trie::LpmTrie, Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use director_fw_common::{
     config::GENERATIONS,
+    events::{EVENTS_BYTES, EVENT_STATS_SLOTS},
     maps::{DEFAULT_FLOWS, DEFAULT_FRAGS, DEFAULT_NETS, DEFAULT_RULE_ENTRIES},
     verdict::COUNTER_SLOTS,
     Config, Counter, FlowKey, FlowState, FragKey, FragState, HostV4, HostV6, RuleKey, PORT_SLOTS,
@@ -43,5 +44,12 @@ pub static FRAGS: LruHashMap<FragKey, FragState> = LruHashMap::with_max_entries(
 
 #[map(name = "COUNTERS")]
 pub static COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
+#[map(name = "EVENTS")]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+#[map(name = "EVENT_BUDGET")]
+pub static EVENT_BUDGET: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+#[map(name = "EVENT_STATS")]
+pub static EVENT_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(EVENT_STATS_SLOTS, 0);
+
 #[map(name = "LAST_VERDICT")]
 pub static LAST_VERDICT: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);

@@ -29,6 +29,8 @@ pub struct Frame {
     pub end: usize,
     /// Length of the whole frame.
     pub len: usize,
+    /// The interface it came in on, for drop events.
+    pub ifindex: u32,
 }
 
 impl Frame {
@@ -55,7 +57,7 @@ pub struct EthHdr {
 
 #[repr(C)]
 struct VlanHdr {
-    _tci: u16,
+    tci: u16,
     ethertype: u16,
 }
 
@@ -145,6 +147,8 @@ pub struct Packet {
     pub dport: u16,
     pub tcp_flags: u8,
     pub icmp_type: u8,
+    /// The outer VLAN id, 0 for none (drop events report it).
+    pub vlan: u16,
     /// For an ICMP error: the flow of the packet it quotes. Read here, with the rest of the
     /// packet, so that no packet offset outlives parsing: offsets differ per VLAN and
     /// extension-header path, and states that differ cannot be merged by the verifier.
@@ -164,19 +168,25 @@ pub fn parse(frame: &Frame) -> Result<Parsed, ()> {
     }
     let mut ethertype = u16::from_be(frame.header::<EthHdr>(0)?.ethertype);
     let mut off = ETH_HLEN;
+    let mut vlan = 0;
     for _ in 0..MAX_VLAN_TAGS {
         if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
             break;
         }
-        ethertype = u16::from_be(frame.header::<VlanHdr>(off)?.ethertype);
+        let tag = frame.header::<VlanHdr>(off)?;
+        if vlan == 0 {
+            vlan = u16::from_be(tag.tci) & 0x0fff;
+        }
+        ethertype = u16::from_be(tag.ethertype);
         off += 4;
     }
-    let packet = match ethertype {
+    let mut packet = match ethertype {
         ETH_P_IPV4 => ipv4(frame, off)?,
         ETH_P_IPV6 => ipv6(frame, off)?,
         ETH_P_8021Q | ETH_P_8021AD => return Err(()),
         _ => return Ok(Parsed::NonIp),
     };
+    packet.vlan = vlan;
     Ok(Parsed::Ip(packet))
 }
 
@@ -213,6 +223,7 @@ fn ipv4(frame: &Frame, off: usize) -> Result<Packet, ()> {
         dport: 0,
         tcp_flags: 0,
         icmp_type: 0,
+        vlan: 0,
         quoted: None,
     };
     l4(frame, &mut packet, off + hlen, off + total)?;
@@ -281,6 +292,7 @@ fn ipv6(frame: &Frame, off: usize) -> Result<Packet, ()> {
         dport: 0,
         tcp_flags: 0,
         icmp_type: 0,
+        vlan: 0,
         quoted: None,
     };
     l4(frame, &mut packet, cur, ip_end)?;

@@ -9,7 +9,7 @@ use director_fw_common::{
 };
 
 use crate::{
-    classify, conntrack,
+    classify, conntrack, events,
     maps::{ACTIVE, CONFIG},
     parse::{self, Fragment, Frame, Packet, Parsed},
 };
@@ -33,19 +33,41 @@ fn judge_with(frame: &Frame, cfg: &Config) -> Verdict {
     let p = match parse::parse(frame) {
         Ok(Parsed::Ip(p)) => p,
         Ok(Parsed::NonIp) => return Verdict::Pass(PassKind::NonIp),
-        Err(()) => return audited(cfg, DropReason::Malformed),
+        Err(()) => return dropped(cfg, frame, None, 0, DropReason::Malformed),
     };
     let dst_roles = classify::roles(cfg, p.family, &p.dst);
     let dst_protected = dst_roles & cfg.to_roles != 0;
     let verdict = decide(cfg, &p, dst_roles, dst_protected);
     if let Verdict::Drop(reason) = verdict {
-        return audited(cfg, reason);
+        return dropped(cfg, frame, Some(&p), dst_roles, reason);
     }
     if let Fragment::First(id) = p.fragment {
         if dst_protected {
             conntrack::remember_first_fragment(&p, id);
         }
     }
+    verdict
+}
+
+/// A drop (or, in audit mode, a would-be drop), reported as a drop event when the budget
+/// allows.
+#[inline(always)]
+fn dropped(
+    cfg: &Config,
+    frame: &Frame,
+    p: Option<&Packet>,
+    dst_roles: u32,
+    reason: DropReason,
+) -> Verdict {
+    let verdict = audited(cfg, reason);
+    events::report(
+        cfg,
+        frame,
+        p,
+        dst_roles,
+        reason,
+        matches!(verdict, Verdict::Audit(_)),
+    );
     verdict
 }
 

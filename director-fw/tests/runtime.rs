@@ -643,3 +643,76 @@ fn stats_watch_on_a_terminal_and_into_a_pipe() {
     let _ = piped.kill();
     let _ = piped.wait();
 }
+
+/// Drop events: denied traffic shows up in `drops --follow --json` with its addresses, ports,
+/// reason and roles; with a rate limit, a burst is partly suppressed, and events sent plus
+/// suppressed (plus lost) equal the drops counted.
+#[test]
+fn drop_events_name_the_packet_and_account_for_every_drop() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    if !root_or_skip("drop_events_name_the_packet_and_account_for_every_drop") {
+        return;
+    }
+    let run = LabRun::start("rt-events", "xdp", Lab::peers_toml, "");
+    let mut follow = Command::new(AGENT)
+        .args(["--instance", run.name(), "drops", "--follow", "--json"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = BufReader::new(follow.stdout.take().unwrap()).lines();
+    let reader = thread::spawn(move || {
+        lines
+            .map_while(Result::ok)
+            .map(|l| serde_json::from_str::<Value>(&l).expect("a JSON object per line"))
+            .find(|e| e["dport"] == 443)
+    });
+    thread::sleep(Duration::from_millis(300));
+    assert!(!connects(&run.lab, Outsider, Director, 443, false));
+    let started = Instant::now();
+    while !reader.is_finished() && started.elapsed() < Duration::from_secs(5) {
+        thread::sleep(Duration::from_millis(50));
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    let event = reader
+        .join()
+        .unwrap()
+        .expect("an event for the denied connection");
+    let (outsider, director) = (run.lab.host(Outsider), run.lab.host(Director));
+    assert_eq!(event["src"], outsider.v4.to_string(), "{event}");
+    assert_eq!(event["dst"], director.v4.to_string(), "{event}");
+    assert_eq!(event["proto"], "tcp");
+    assert_eq!(event["reason"], "no-rule");
+    assert_eq!(event["audit"], false);
+    assert_eq!(event["iface"], outsider.gw_iface, "{event}");
+    assert_eq!(event["dst_roles"], serde_json::json!(["director"]));
+    assert_eq!(event["src_roles"], serde_json::json!([]));
+
+    // A burst above a rate of 2 a second: most are suppressed, and every drop is accounted.
+    run.ok(&["drops", "--rate", "2"]);
+    thread::sleep(Duration::from_millis(1100));
+    let sock = director_fw_lab::in_netns(&outsider.ns, {
+        let src = std::net::SocketAddr::new(outsider.v4.into(), 0);
+        move || Ok(std::net::UdpSocket::bind(src)?)
+    })
+    .unwrap();
+    for i in 0..200u16 {
+        let _ = sock.send_to(b"x", (director.v4, 9000 + i));
+    }
+    thread::sleep(Duration::from_millis(300));
+    let drops = run.json(&["drops", "--json"]);
+    let stats = run.json(&["stats", "--json"]);
+    let dropped: u64 = stats["drops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["packets"].as_u64().unwrap())
+        .sum();
+    let accounted = ["sent", "suppressed", "lost"]
+        .iter()
+        .map(|k| drops[*k].as_u64().unwrap())
+        .sum::<u64>();
+    assert_eq!(accounted, dropped, "events {drops} against drops {stats}");
+    assert!(drops["suppressed"].as_u64().unwrap() >= 190, "{drops}");
+}

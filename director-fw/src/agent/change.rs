@@ -14,9 +14,10 @@ use ipnet::IpNet;
 use crate::{
     compile::{Incremental, NeedsFull},
     control::protocol::{
-        Change, PendingConfirm, PolicySource, PolicyView, Request, Response, RuleView, Status,
+        Change, Drops, PendingConfirm, PolicySource, PolicyView, Request, Response, RuleView,
+        Status,
     },
-    datapath::DatapathError,
+    datapath::{DatapathError, DropEvents, EventCounts},
     explain,
     policy::{format_ports, profile, Peer, PeerEntry, RoleId, RuntimePeers},
     telemetry::{metrics, stats},
@@ -27,8 +28,8 @@ use super::{
 };
 
 impl Agent {
-    /// Answers one control request.
-    pub fn handle(&mut self, request: Request) -> Response {
+    /// Answers one control request. `events` are the drop events' maps, when they opened.
+    pub fn handle(&mut self, request: Request, events: Option<&mut DropEvents>) -> Response {
         let received = Instant::now();
         let result = match request {
             Request::Status => Ok(Response::Status(self.status())),
@@ -72,6 +73,25 @@ impl Agent {
             } => explain::explain(&self.effective, src, dst, proto, sport, dport)
                 .map(Response::Explain)
                 .map_err(AgentError::Refused),
+            Request::Drops { .. } => events
+                .ok_or_else(no_events)
+                .and_then(|events| Ok(events.counts()?))
+                .map(|counts| {
+                    Response::Drops(Drops {
+                        events: self.recent(),
+                        rate: self.event_rate,
+                        sent: counts.sent,
+                        suppressed: counts.suppressed,
+                        lost: counts.lost,
+                    })
+                }),
+            Request::DropRate { per_sec } => events
+                .ok_or_else(no_events)
+                .and_then(|events| Ok(events.refill(per_sec)?))
+                .map(|()| {
+                    self.event_rate = per_sec;
+                    self.changed(format!("drop events: at most {per_sec} a second"), received)
+                }),
             // This agent holds the instance's lock: nothing else changes the pins meanwhile.
             Request::Detach => crate::datapath::detach(&self.kernel.pins)
                 .map(|interfaces| Response::Detached { interfaces })
@@ -372,7 +392,7 @@ impl Agent {
     }
 
     /// The Prometheus text of this moment.
-    pub(super) fn metrics(&self) -> Result<String, AgentError> {
+    pub(super) fn metrics(&self, events: Option<EventCounts>) -> Result<String, AgentError> {
         let stats = self.stats()?;
         let (flow_entries, flow_capacity) = self.kernel.pins.flow_table()?;
         let mut peers: std::collections::BTreeMap<String, i64> = self
@@ -400,6 +420,7 @@ impl Agent {
             last_change,
             version: env!("CARGO_PKG_VERSION"),
             object: &self.object_id,
+            events: events.map(|c| (c.sent, c.suppressed, c.lost)),
         }))
     }
 
@@ -452,4 +473,10 @@ impl Kernel {
             Err(err) => Err(err.into()),
         }
     }
+}
+
+fn no_events() -> AgentError {
+    AgentError::Refused(
+        "drop events are not available: their maps did not open when the agent started (see its log)".into(),
+    )
 }

@@ -24,6 +24,8 @@ pub struct RunOptions {
     pub object: Option<PathBuf>,
     /// Where to serve Prometheus metrics (`GET /metrics`).
     pub metrics: Option<std::net::SocketAddr>,
+    /// Drop events per second the kernel may send (0: none).
+    pub drop_events: u32,
 }
 
 impl Agent {
@@ -160,6 +162,9 @@ impl Agent {
             audit_flag: options.audit,
             reloads: 0,
             reload_failures: 0,
+            event_rate: options.drop_events,
+            recent: super::drops::recent_store(),
+            followers: tokio::sync::broadcast::channel(super::drops::FOLLOW_BUFFER).0,
             source,
             state,
             effective,

@@ -7,6 +7,7 @@
 //! - `slots`, `state`: counter slots of rule ids, and what is kept across restarts.
 
 mod change;
+mod drops;
 mod lifecycle;
 mod serve;
 mod slots;
@@ -152,6 +153,11 @@ pub struct Agent {
     /// Reloads applied and refused since the start, for the metrics.
     reloads: u64,
     reload_failures: u64,
+    /// Drop events per second the kernel may send.
+    event_rate: u32,
+    /// The most recent drop events, and the `drops --follow` clients.
+    recent: std::collections::VecDeque<crate::control::protocol::DropEventView>,
+    followers: tokio::sync::broadcast::Sender<crate::control::protocol::DropEventView>,
     source: Source,
     state: State,
     /// The policy in force: the file's with the runtime peers and the audit switch.

@@ -4,7 +4,11 @@
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
-    control::{protocol::Response, server::Server},
+    control::{
+        protocol::{Request, Response},
+        server::Server,
+    },
+    datapath::DropEvents,
     instance::Instance,
 };
 
@@ -60,6 +64,24 @@ pub fn run(instance: Instance, options: RunOptions) -> Result<(), AgentError> {
             agent.instance.socket().display()
         );
         let mut watch = tokio::time::interval(LINK_WATCH);
+        // The drop events: read as they come; each CPU's budget refilled every second. Without
+        // them the agent still enforces and serves, and says why.
+        let mut events = match DropEvents::open(&agent.kernel.pins).and_then(|events| {
+            let interest = tokio::io::Interest::READABLE;
+            // SAFETY: the ring buffer's fd is owned by `events`, which the AsyncFd owns and
+            // drops after deregistering it.
+            unsafe { tokio::io::unix::AsyncFd::register_with_interest(events, interest) }
+                .map_err(|e| {
+                    crate::datapath::DatapathError::Io("watching the drop events".into(), e.into())
+                })
+        }) {
+            Ok(events) => Some(events),
+            Err(err) => {
+                tracing::warn!("drop events are off: {err}");
+                None
+            }
+        };
+        let mut refill = tokio::time::interval(std::time::Duration::from_secs(1));
         loop {
             let deadline = agent.deadline();
             let expiry = async {
@@ -72,7 +94,11 @@ pub fn run(instance: Instance, options: RunOptions) -> Result<(), AgentError> {
                 connection = server.accept() => {
                     let Ok(mut connection) = connection else { continue };
                     let response = match connection.request().await {
-                        Ok(request) => agent.handle(request),
+                        Ok(Request::Drops { follow: true }) if events.is_some() => {
+                            tokio::spawn(connection.stream(agent.subscribe()));
+                            continue;
+                        }
+                        Ok(request) => agent.handle(request, events.as_mut().map(|e| e.get_mut())),
                         Err(refusal) => refusal,
                     };
                     let detached = matches!(response, Response::Detached { .. });
@@ -86,8 +112,24 @@ pub fn run(instance: Instance, options: RunOptions) -> Result<(), AgentError> {
                     if let Ok((stream, _)) = scrape {
                         // The text is made here, from this moment's counters; the connection is
                         // served on a task of its own, so a slow scraper holds up nothing.
-                        let text = agent.metrics();
+                        let counts = events.as_ref().and_then(|e| e.get_ref().counts().ok());
+                        let text = agent.metrics(counts);
                         tokio::spawn(serve_metrics(stream, text.map_err(|e| e.to_string())));
+                    }
+                }
+                ready = readable(events.as_mut()) => {
+                    if let Ok(mut ready) = ready {
+                        while let Some(event) = ready.get_inner_mut().next_event() {
+                            agent.record(&event);
+                        }
+                        ready.clear_ready();
+                    }
+                }
+                _ = refill.tick() => {
+                    if let Some(events) = events.as_mut() {
+                        if let Err(err) = events.get_mut().refill(agent.event_rate) {
+                            tracing::error!("refilling the drop events' budget: {err}");
+                        }
                     }
                 }
                 _ = hup.recv() => agent.reload_on_signal(),
@@ -102,6 +144,16 @@ pub fn run(instance: Instance, options: RunOptions) -> Result<(), AgentError> {
         );
         Ok(())
     })
+}
+
+/// The drop events' ring buffer once it has events; never, without it.
+async fn readable(
+    events: Option<&mut tokio::io::unix::AsyncFd<DropEvents>>,
+) -> std::io::Result<tokio::io::unix::AsyncFdReadyMutGuard<'_, DropEvents>> {
+    match events {
+        Some(events) => events.readable_mut().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The next scrape's connection; never, without a metrics address.

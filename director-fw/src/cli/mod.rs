@@ -3,6 +3,7 @@
 
 mod audit;
 mod detach;
+mod drops;
 mod explain;
 mod generate;
 mod peers;
@@ -52,6 +53,8 @@ enum Command {
     Stats(stats::Args),
     /// What the policy in force does to one packet (the first of a new connection).
     Explain(explain::Args),
+    /// Sampled drop events: time, interface, addresses and ports, reason, roles.
+    Drops(drops::Args),
     /// Remove the programs and pins: the interfaces pass everything afterwards.
     Detach(detach::Args),
     /// Shell completions or the man page, for packaging.
@@ -75,6 +78,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Audit(args) => audit::run(&instance, args),
         Command::Stats(args) => stats::run(&instance, args),
         Command::Explain(args) => explain::run(&instance, args),
+        Command::Drops(args) => drops::run(&instance, args),
         Command::Detach(args) => detach::run(&instance, args),
         Command::Generate(command) => generate::run(command),
     }

@@ -26,6 +26,9 @@ pub struct Args {
     /// Serve Prometheus metrics on this address (`GET /metrics`), e.g. 127.0.0.1:9810.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<std::net::SocketAddr>,
+    /// Drop events per second the kernel may send, across all CPUs (`drops`); 0 for none.
+    #[arg(long, value_name = "PER_SEC", default_value_t = director_fw_common::events::DEFAULT_EVENT_RATE)]
+    drop_events: u32,
     /// Least level logged: error, warn, info, debug or trace. RUST_LOG, when set, wins.
     #[arg(long, default_value = "info")]
     log_level: tracing::Level,
@@ -61,6 +64,7 @@ pub fn run(instance: Instance, args: Args) -> Result<()> {
             audit: args.audit,
             object: args.object,
             metrics: args.metrics,
+            drop_events: args.drop_events,
         },
     )?;
     Ok(())

@@ -63,32 +63,53 @@ impl Client {
         Ok(Client { socket, stream })
     }
 
-    /// Sends one request and reads its response. An error response becomes
-    /// [`ClientError::Refused`] with the agent's message.
-    pub fn call(mut self, request: Request) -> Result<Response, ClientError> {
-        let io = |source| ClientError::Io {
-            socket: self.socket.clone(),
-            source,
+    /// Sends a request whose answer is a stream, and hands every response to `each` until the
+    /// agent closes the connection or `each` returns false.
+    pub fn follow(
+        mut self,
+        request: Request,
+        mut each: impl FnMut(Response) -> bool,
+    ) -> Result<(), ClientError> {
+        let io = |socket: &std::path::Path| {
+            let socket = socket.to_path_buf();
+            move |source| ClientError::Io { socket, source }
         };
+        self.stream
+            .set_read_timeout(None)
+            .map_err(io(&self.socket))?;
+        self.send(&request)?;
+        for line in BufReader::new(&self.stream).lines() {
+            let line = line.map_err(io(&self.socket))?;
+            match self.parse(&line)? {
+                Response::Error { message } => return Err(ClientError::Refused(message)),
+                response => {
+                    if !each(response) {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, request: &Request) -> Result<(), ClientError> {
         let mut line = serde_json::to_string(&Envelope {
             version: PROTOCOL_VERSION,
             body: request,
         })
         .expect("requests serialize");
         line.push('\n');
-        self.stream.write_all(line.as_bytes()).map_err(io)?;
-        let mut answer = String::new();
-        BufReader::new(&self.stream)
-            .read_line(&mut answer)
-            .map_err(io)?;
-        if answer.is_empty() {
-            return Err(ClientError::Garbled {
+        self.stream
+            .write_all(line.as_bytes())
+            .map_err(|source| ClientError::Io {
                 socket: self.socket.clone(),
-                detail: "it closed the connection without answering".into(),
-            });
-        }
+                source,
+            })
+    }
+
+    fn parse(&self, line: &str) -> Result<Response, ClientError> {
         let envelope: Envelope<Response> =
-            serde_json::from_str(&answer).map_err(|err| ClientError::Garbled {
+            serde_json::from_str(line).map_err(|err| ClientError::Garbled {
                 socket: self.socket.clone(),
                 detail: err.to_string(),
             })?;
@@ -101,7 +122,27 @@ impl Client {
                 ),
             });
         }
-        match envelope.body {
+        Ok(envelope.body)
+    }
+
+    /// Sends one request and reads its response. An error response becomes
+    /// [`ClientError::Refused`] with the agent's message.
+    pub fn call(mut self, request: Request) -> Result<Response, ClientError> {
+        self.send(&request)?;
+        let mut answer = String::new();
+        BufReader::new(&self.stream)
+            .read_line(&mut answer)
+            .map_err(|source| ClientError::Io {
+                socket: self.socket.clone(),
+                source,
+            })?;
+        if answer.is_empty() {
+            return Err(ClientError::Garbled {
+                socket: self.socket.clone(),
+                detail: "it closed the connection without answering".into(),
+            });
+        }
+        match self.parse(&answer)? {
             Response::Error { message } => Err(ClientError::Refused(message)),
             response => Ok(response),
         }

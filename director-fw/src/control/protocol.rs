@@ -57,6 +57,15 @@ pub enum Request {
     },
     /// Remove the programs and pins and stop: the explicit fail-open.
     Detach,
+    /// The most recent drop events; with `follow`, every new one as it comes, until the
+    /// client hangs up.
+    Drops {
+        follow: bool,
+    },
+    /// How many drop events per second the kernel may send, across all CPUs.
+    DropRate {
+        per_sec: u32,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -69,7 +78,42 @@ pub enum Response {
     Stats(Stats),
     Explain(Explanation),
     Detached { interfaces: Vec<String> },
+    Drops(Drops),
+    DropEvent(DropEventView),
     Error { message: String },
+}
+
+/// The recent drop events, and how many the kernel sent, suppressed and lost.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Drops {
+    pub events: Vec<DropEventView>,
+    /// Events per second the kernel may send.
+    pub rate: u32,
+    pub sent: u64,
+    /// Drops beyond the rate: counted, not sent.
+    pub suppressed: u64,
+    /// Sent while the ring buffer was full.
+    pub lost: u64,
+}
+
+/// One drop event, as `drops` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DropEventView {
+    pub time: String,
+    pub iface: String,
+    /// `tcp`, `udp`, `icmp`, `icmpv6`, a protocol number, or empty for a malformed frame.
+    pub proto: String,
+    pub src: Option<IpAddr>,
+    pub dst: Option<IpAddr>,
+    pub sport: u16,
+    pub dport: u16,
+    /// The outer VLAN id, 0 for none.
+    pub vlan: u16,
+    pub reason: String,
+    /// Audit mode passed the packet.
+    pub audit: bool,
+    pub src_roles: Vec<String>,
+    pub dst_roles: Vec<String>,
 }
 
 /// The agent, as `status` shows it.

@@ -114,6 +114,36 @@ impl Connection {
     }
 }
 
+impl Connection {
+    /// Sends every event from `events` as a response line until the client hangs up or stops
+    /// reading for longer than a request may take. A client that falls behind misses events
+    /// rather than holding the agent up.
+    pub async fn stream(
+        mut self,
+        mut events: tokio::sync::broadcast::Receiver<super::protocol::DropEventView>,
+    ) {
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            let event = match events.recv().await {
+                Ok(event) => event,
+                Err(RecvError::Lagged(_)) => continue,
+                Err(RecvError::Closed) => return,
+            };
+            let mut line = serde_json::to_string(&Envelope {
+                version: PROTOCOL_VERSION,
+                body: Response::DropEvent(event),
+            })
+            .expect("responses serialize");
+            line.push('\n');
+            let write = self.stream.write_all(line.as_bytes());
+            match tokio::time::timeout(REQUEST_TIMEOUT, write).await {
+                Ok(Ok(())) => {}
+                _ => return,
+            }
+        }
+    }
+}
+
 /// Root, or a process whose effective capabilities include CAP_NET_ADMIN.
 fn allowed(uid: u32, pid: Option<i32>) -> bool {
     if uid == 0 {

@@ -103,11 +103,14 @@ pub enum Programs {
     Both,
 }
 
-/// The state maps: flows, fragments and counters.
+/// The state maps: flows, fragments, counters and the drop events' maps.
 pub struct StateMaps {
     pub(super) flows: Map,
     pub(super) frags: Map,
     pub counters: Counters,
+    /// The drop events' ring buffer, budget and counters, only pinned here: the agent opens
+    /// them from their pins.
+    pub(super) events: [(&'static str, Map); 3],
 }
 
 /// A loaded object: verified programs, new policy maps (ready for [`PolicyMaps::install`])
@@ -164,6 +167,11 @@ impl Datapath {
             flows: take(maps::FLOWS)?,
             frags: take(maps::FRAGS)?,
             counters: Counters::new(take(maps::COUNTERS)?),
+            events: [
+                (maps::EVENTS, take(maps::EVENTS)?),
+                (maps::EVENT_BUDGET, take(maps::EVENT_BUDGET)?),
+                (maps::EVENT_STATS, take(maps::EVENT_STATS)?),
+            ],
         };
         Ok(Datapath {
             ebpf,
@@ -220,7 +228,8 @@ pub(super) fn data(map: &Map) -> Result<&MapData, DatapathError> {
         | Map::LpmTrie(d)
         | Map::PerCpuArray(d)
         | Map::PerCpuHashMap(d)
-        | Map::PerCpuLruHashMap(d) => Ok(d),
+        | Map::PerCpuLruHashMap(d)
+        | Map::RingBuf(d) => Ok(d),
         other => Err(DatapathError::Pins(format!(
             "a map of an unexpected kind ({other:?})"
         ))),

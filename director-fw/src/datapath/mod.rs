@@ -4,11 +4,13 @@
 //! - `pins`: the instance's pins under bpffs, adopting them, checking a pinned map's layout,
 //!   and `detach`;
 //! - `swap`: the one seam through which a live policy changes (a generation switch);
-//! - `counters`: reading and zeroing counter slots;
+//! - `counters`: reading and zeroing counter slots; `events`: the drop events' ring buffer,
+//!   budget and counts;
 //! - `testrun`: running the programs on test packets (BPF_PROG_TEST_RUN).
 
 mod attach;
 mod counters;
+mod events;
 mod load;
 mod mmap;
 mod pins;
@@ -17,6 +19,7 @@ mod testrun;
 
 pub use attach::AttachMode;
 pub use counters::Counters;
+pub use events::{DropEvents, EventCounts};
 pub use load::{object_id, Capacity, Datapath, Programs, OBJECT};
 pub use pins::{detach, Adopted, LinkPin, Pins};
 pub use swap::{Installed, PolicyMaps, Snapshot};

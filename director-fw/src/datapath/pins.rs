@@ -24,7 +24,10 @@ use aya::{
     },
 };
 use director_fw_common::{
-    maps, verdict::COUNTER_SLOTS, Counter, FlowKey, FlowState, FragKey, FragState,
+    events::{EVENTS_BYTES, EVENT_STATS_SLOTS},
+    maps,
+    verdict::COUNTER_SLOTS,
+    Counter, FlowKey, FlowState, FragKey, FragState,
 };
 
 use crate::instance::Lock;
@@ -238,9 +241,22 @@ impl Pins {
                 size_of::<Counter>(),
                 Some(COUNTER_SLOTS),
             ),
+            (maps::EVENTS, MapType::RingBuf, 0, 0, Some(EVENTS_BYTES)),
+            (maps::EVENT_BUDGET, MapType::PerCpuArray, 4, 4, Some(1)),
+            (
+                maps::EVENT_STATS,
+                MapType::PerCpuArray,
+                4,
+                8,
+                Some(EVENT_STATS_SLOTS),
+            ),
         ];
         for (name, kind, key, value, entries) in expect {
             let path = self.map(name);
+            // A map an older object did not have is created by the object that takes over.
+            if !path.exists() && !matches!(name, maps::FLOWS | maps::FRAGS | maps::COUNTERS) {
+                continue;
+            }
             let info = MapData::from_pin(&path)?.info()?;
             let found_kind = info.map_type()?;
             let ok = found_kind == kind
@@ -369,11 +385,16 @@ impl Pins {
 
     fn pin_maps(&self, datapath: &mut Datapath) -> Result<(), DatapathError> {
         datapath.policy.pin(self)?;
+        let state = &datapath.state;
+        let events = state.events.iter().map(|(name, map)| (*name, map));
         for (name, map) in [
-            (maps::FLOWS, &datapath.state.flows),
-            (maps::FRAGS, &datapath.state.frags),
-            (maps::COUNTERS, datapath.state.counters.map()),
-        ] {
+            (maps::FLOWS, &state.flows),
+            (maps::FRAGS, &state.frags),
+            (maps::COUNTERS, state.counters.map()),
+        ]
+        .into_iter()
+        .chain(events)
+        {
             if !self.map(name).exists() {
                 data(map)?.pin(self.map(name))?;
             }

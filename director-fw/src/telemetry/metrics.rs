@@ -23,6 +23,8 @@ pub struct Snapshot<'a> {
     pub last_change: i64,
     pub version: &'static str,
     pub object: &'a str,
+    /// Drop events sent, suppressed and lost, when the agent reads them.
+    pub events: Option<(u64, u64, u64)>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -44,6 +46,11 @@ struct KindLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RoleLabel {
     role: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -155,6 +162,21 @@ pub fn render(snapshot: &Snapshot<'_>) -> String {
         "Policy reloads refused since the agent started",
         snapshot.reload_failures,
     );
+    if let Some((sent, suppressed, lost)) = snapshot.events {
+        let events = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "drop_events",
+            "Drop events: sent, suppressed by the rate limit, lost to a full ring buffer",
+            events.clone(),
+        );
+        for (outcome, n) in [("sent", sent), ("suppressed", suppressed), ("lost", lost)] {
+            events
+                .get_or_create(&OutcomeLabel {
+                    outcome: outcome.into(),
+                })
+                .inc_by(n);
+        }
+    }
     registry.register(
         "build",
         "The agent's version and kernel object",
@@ -206,6 +228,7 @@ mod tests {
             last_change: 1_700_000_000,
             version: "0.1.0",
             object: "abcd",
+            events: Some((4, 6, 0)),
         });
         for line in [
             "director_fw_rule_packets_total{rule=\"rp-director-https\"} 7",
@@ -217,6 +240,7 @@ mod tests {
             "director_fw_peers{role=\"director\"} 2",
             "director_fw_policy_reloads_total 1",
             "director_fw_build_info{version=\"0.1.0\",object=\"abcd\"} 1",
+            "director_fw_drop_events_total{outcome=\"suppressed\"} 6",
         ] {
             assert!(text.contains(line), "no {line:?} in:\n{text}");
         }

@@ -1,0 +1,93 @@
+//! The drop events' side in the agent (see `director_fw_common::events`): reading the ring
+//! buffer, refilling each CPU's budget, and the counts of events sent, suppressed and lost.
+
+use std::os::fd::{AsRawFd, RawFd};
+
+use aya::{
+    maps::{Map, MapData, PerCpuArray, PerCpuValues, RingBuf},
+    util::nr_cpus,
+};
+use director_fw_common::{
+    events::{EVENTS_LOST, EVENTS_SENT, EVENTS_SUPPRESSED},
+    maps, DropEvent,
+};
+
+use super::{DatapathError, Pins};
+
+/// Events sent, suppressed by the budget, and lost to a full ring buffer, since the datapath
+/// was loaded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventCounts {
+    pub sent: u64,
+    pub suppressed: u64,
+    pub lost: u64,
+}
+
+pub struct DropEvents {
+    ring: RingBuf<MapData>,
+    budget: Map,
+    stats: Map,
+    cpus: u32,
+}
+
+impl DropEvents {
+    /// The pinned event maps of a running datapath.
+    pub fn open(pins: &Pins) -> Result<DropEvents, DatapathError> {
+        let open = |name| -> Result<Map, DatapathError> {
+            Ok(Map::from_map_data(MapData::from_pin(pins.map(name))?)?)
+        };
+        let ring = match open(maps::EVENTS)? {
+            Map::RingBuf(data) => RingBuf::try_from(Map::RingBuf(data))?,
+            other => {
+                return Err(DatapathError::Pins(format!(
+                    "the pinned EVENTS map is a {other:?}, not a ring buffer"
+                )))
+            }
+        };
+        let cpus = nr_cpus().map_err(|(what, err)| DatapathError::Io(what.to_string(), err))?;
+        Ok(DropEvents {
+            ring,
+            budget: open(maps::EVENT_BUDGET)?,
+            stats: open(maps::EVENT_STATS)?,
+            cpus: cpus as u32,
+        })
+    }
+
+    /// Gives every CPU its share of `per_sec` events for the next second (at least one each
+    /// while the rate is not 0), replacing what is left of the last share.
+    pub fn refill(&mut self, per_sec: u32) -> Result<(), DatapathError> {
+        let share = match per_sec {
+            0 => 0,
+            n => n.div_ceil(self.cpus).max(1),
+        };
+        let values = PerCpuValues::try_from(vec![share; self.cpus as usize])
+            .map_err(|err| DatapathError::Io("per-CPU values".into(), err))?;
+        let mut budget: PerCpuArray<_, u32> = PerCpuArray::try_from(&mut self.budget)?;
+        budget.set(0, values, 0)?;
+        Ok(())
+    }
+
+    pub fn counts(&self) -> Result<EventCounts, DatapathError> {
+        let stats: PerCpuArray<_, u64> = PerCpuArray::try_from(&self.stats)?;
+        let sum = |slot| -> Result<u64, DatapathError> { Ok(stats.get(&slot, 0)?.iter().sum()) };
+        Ok(EventCounts {
+            sent: sum(EVENTS_SENT)?,
+            suppressed: sum(EVENTS_SUPPRESSED)?,
+            lost: sum(EVENTS_LOST)?,
+        })
+    }
+
+    /// The next event waiting in the ring buffer.
+    pub fn next_event(&mut self) -> Option<DropEvent> {
+        let item = self.ring.next()?;
+        (item.len() >= std::mem::size_of::<DropEvent>())
+            // SAFETY: the kernel wrote a whole DropEvent (checked length); read unaligned.
+            .then(|| unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<DropEvent>()) })
+    }
+}
+
+impl AsRawFd for DropEvents {
+    fn as_raw_fd(&self) -> RawFd {
+        self.ring.as_raw_fd()
+    }
+}
