@@ -244,6 +244,9 @@ enum PathId {
     EstablishedForward,
     EstablishedReply,
     NoRuleDrop,
+    /// The same drop with an event sent for every packet (the others run beyond the events'
+    /// budget, as drops at line rate do).
+    NoRuleDropEvent,
     OpenPortNoRule,
     /// Outsider to an unprotected host, SYN.
     UnprotectedPass,
@@ -253,11 +256,12 @@ enum PathId {
 }
 
 impl PathId {
-    const ALL: [PathId; 8] = [
+    const ALL: [PathId; 9] = [
         PathId::NewFlow,
         PathId::EstablishedForward,
         PathId::EstablishedReply,
         PathId::NoRuleDrop,
+        PathId::NoRuleDropEvent,
         PathId::OpenPortNoRule,
         PathId::UnprotectedPass,
         PathId::UnprotectedAck,
@@ -270,6 +274,7 @@ impl PathId {
             PathId::EstablishedForward => "established, forward",
             PathId::EstablishedReply => "established, reply",
             PathId::NoRuleDrop => "no-rule drop",
+            PathId::NoRuleDropEvent => "no-rule drop, event sent",
             PathId::OpenPortNoRule => "no-rule drop, open port",
             PathId::UnprotectedPass => "unprotected pass",
             PathId::UnprotectedAck => "unprotected pass, ACK",
@@ -283,6 +288,7 @@ impl PathId {
             PathId::EstablishedForward => "established_forward",
             PathId::EstablishedReply => "established_reply",
             PathId::NoRuleDrop => "no_rule_drop",
+            PathId::NoRuleDropEvent => "no_rule_drop_event",
             PathId::OpenPortNoRule => "no_rule_drop_open_port",
             PathId::UnprotectedPass => "unprotected_pass",
             PathId::UnprotectedAck => "unprotected_pass_ack",
@@ -296,7 +302,9 @@ impl PathId {
             PathId::NewFlow => new_flow_syn(NEW_FLOW_SPORT),
             PathId::EstablishedForward => forward_ack(FLOW_SPORT),
             PathId::EstablishedReply => reply_ack(FLOW_SPORT),
-            PathId::NoRuleDrop => tcp(Role::Outsider, 40_000, Role::Director, CLOSED_PORT, TCP_SYN),
+            PathId::NoRuleDrop | PathId::NoRuleDropEvent => {
+                tcp(Role::Outsider, 40_000, Role::Director, CLOSED_PORT, TCP_SYN)
+            }
             PathId::OpenPortNoRule => {
                 tcp(Role::Outsider, 40_000, Role::Director, OPEN_PORT, TCP_SYN)
             }
@@ -312,6 +320,9 @@ impl PathId {
         }
     }
 }
+
+/// Drops run with an event each: fewer than the ring buffer holds (256 KiB of 80-byte records).
+const EVENT_REPEAT: u32 = 3_000;
 
 /// Rules of the built-in profile.
 const PROFILE_RULES: usize = 12;
@@ -607,10 +618,24 @@ impl Block {
         let (action, _) = self.run(&new_flow_syn(FLOW_SPORT), 1)?;
         ensure!(action == XDP_PASS, "the flow's SYN was dropped");
         let mut visit = BTreeMap::new();
-        for path in &PathId::ALL[1..] {
+        for path in PathId::ALL[1..]
+            .iter()
+            .filter(|p| **p != PathId::NoRuleDropEvent)
+        {
             let (_, per_packet) = self.run(&path.frame(), args.repeat)?;
             visit.insert(*path, per_packet);
         }
+        // With a budget for every packet, as many as the ring buffer holds, drained first.
+        self.datapath.drain_events()?;
+        self.datapath.set_event_budget(EVENT_REPEAT)?;
+        let (_, per_packet) = self.run(&PathId::NoRuleDropEvent.frame(), EVENT_REPEAT)?;
+        self.datapath.set_event_budget(0)?;
+        let sent = self.datapath.drain_events()?;
+        ensure!(
+            sent == EVENT_REPEAT as usize,
+            "{sent} drop events for {EVENT_REPEAT} drops with a budget for each"
+        );
+        visit.insert(PathId::NoRuleDropEvent, per_packet);
 
         // New flows: each SYN once on an empty table, then each of their ACKs once. Chunk by
         // chunk, so that both sequences see the same moments of the machine's noise.

@@ -113,6 +113,16 @@ pub struct StateMaps {
     pub(super) events: [(&'static str, Map); 3],
 }
 
+impl StateMaps {
+    pub(super) fn event_map(&mut self, name: &'static str) -> Result<&mut Map, DatapathError> {
+        self.events
+            .iter_mut()
+            .find(|(n, _)| *n == name)
+            .map(|(_, map)| map)
+            .ok_or(DatapathError::Missing(name))
+    }
+}
+
 /// A loaded object: verified programs, new policy maps (ready for [`PolicyMaps::install`])
 /// and the state maps.
 pub struct Datapath {

@@ -115,3 +115,26 @@ impl PinnedProgram {
         Ok(self.program.test_run(options(frame, 1))?.return_value)
     }
 }
+
+impl Datapath {
+    /// Gives every CPU a budget of `n` drop events, as the agent's refill would.
+    pub fn set_event_budget(&mut self, n: u32) -> Result<(), DatapathError> {
+        let map = self.state.event_map(maps::EVENT_BUDGET)?;
+        let cpus = nr_cpus().map_err(|(what, err)| DatapathError::Io(what.to_string(), err))?;
+        let values = PerCpuValues::try_from(vec![n; cpus])
+            .map_err(|err| DatapathError::Io("per-CPU values".into(), err))?;
+        let mut budget: PerCpuArray<_, u32> = PerCpuArray::try_from(map)?;
+        budget.set(0, values, 0)?;
+        Ok(())
+    }
+
+    /// Reads and forgets every drop event waiting in the ring buffer; returns how many.
+    pub fn drain_events(&mut self) -> Result<usize, DatapathError> {
+        let mut ring = aya::maps::RingBuf::try_from(self.state.event_map(maps::EVENTS)?)?;
+        let mut n = 0;
+        while ring.next().is_some() {
+            n += 1;
+        }
+        Ok(n)
+    }
+}
