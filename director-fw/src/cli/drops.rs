@@ -5,6 +5,7 @@ use director_fw::{
     control::{protocol::DropEventView, Client, Request, Response},
     instance::Instance,
 };
+use director_fw_common::DropReason;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -79,6 +80,12 @@ impl Args {
 }
 
 pub fn run(instance: &Instance, args: Args) -> Result<()> {
+    if let Some(reason) = &args.reason {
+        let known: Vec<&str> = DropReason::ALL.iter().map(|r| r.name()).collect();
+        if !known.contains(&reason.as_str()) {
+            anyhow::bail!("--reason {reason:?}: use one of {}", known.join(", "));
+        }
+    }
     if let Some(per_sec) = args.rate {
         return super::print_change(super::call(instance, Request::DropRate { per_sec })?);
     }
