@@ -56,10 +56,16 @@ fn main() {
         .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
         .unwrap_or_else(|| "unknown".into());
     println!("cargo:rustc-env=DIRECTOR_FW_COMMIT={commit}");
-    println!(
-        "cargo:rerun-if-changed={}",
-        root.join(".git/HEAD").display()
-    );
+    // A commit moves the branch's ref, not HEAD: watch both, and the packed refs.
+    for git in [".git/HEAD", ".git/packed-refs"] {
+        println!("cargo:rerun-if-changed={}", root.join(git).display());
+    }
+    if let Ok(head) = std::fs::read_to_string(root.join(".git/HEAD")) {
+        if let Some(branch) = head.trim().strip_prefix("ref: ") {
+            let branch = root.join(".git").join(branch);
+            println!("cargo:rerun-if-changed={}", branch.display());
+        }
+    }
     let object = target_dir.join("bpfel-unknown-none/release/director-fw");
     let out = PathBuf::from(env::var("OUT_DIR").unwrap()).join("director-fw.bpf.o");
     copy(&object, &out);

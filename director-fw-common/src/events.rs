@@ -8,7 +8,7 @@
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DropEvent {
-    /// `bpf_ktime_get_ns`: nanoseconds since boot.
+    /// `bpf_ktime_get_ns`: CLOCK_MONOTONIC, in nanoseconds.
     pub time_ns: u64,
     pub src: [u32; 4],
     pub dst: [u32; 4],
@@ -31,7 +31,8 @@ pub struct DropEvent {
 }
 const _: () = assert!(core::mem::size_of::<DropEvent>() == 72);
 
-/// Bytes of the `EVENTS` ring buffer: about 3,600 events, a few seconds at the default rate.
+/// Bytes of the `EVENTS` ring buffer: 3,276 events of 72 bytes with their 8-byte record
+/// headers, a few seconds at the default rate.
 pub const EVENTS_BYTES: u32 = 256 * 1024;
 
 /// Slots of the per-CPU `EVENT_STATS` counters.
@@ -44,3 +45,5 @@ pub const EVENT_STATS_SLOTS: u32 = 3;
 /// Events per second across all CPUs, unless `run --drop-events` or `drops --rate` says
 /// otherwise.
 pub const DEFAULT_EVENT_RATE: u32 = 1000;
+/// The most a rate may be: the agent reads every event it lets through.
+pub const MAX_EVENT_RATE: u32 = 100_000;

@@ -1,6 +1,6 @@
 //! Drop events (see `director_fw_common::events`): a per-CPU budget the agent refills, then
-//! the event written straight into the reserved ring-buffer slot, with no copy on the stack.
-//! Only drop verdicts come here; a pass never does.
+//! the event written into the reserved ring-buffer slot. Only drop verdicts come here; a pass
+//! never does.
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use director_fw_common::{
@@ -44,6 +44,8 @@ pub fn report(
         }
         *budget -= 1;
     }
+    // Looked up before the slot is reserved, so that no lookup runs while it is held.
+    let src_roles = p.map_or(0, |p| classify::roles(cfg, p.family, &p.src));
     let Some(mut entry) = EVENTS.reserve::<DropEvent>(0) else {
         count(EVENTS_LOST);
         return;
@@ -51,6 +53,7 @@ pub fn report(
     let mut event = DropEvent {
         time_ns: unsafe { bpf_ktime_get_ns() },
         ifindex: frame.ifindex,
+        vlan: frame.vlan,
         reason: reason as u8,
         audit: u8::from(audit),
         ..DropEvent::default()
@@ -62,10 +65,11 @@ pub fn report(
         event.dport = p.dport;
         event.proto = p.proto;
         event.family = p.family;
-        event.vlan = p.vlan;
+        if p.vlan != 0 {
+            event.vlan = p.vlan;
+        }
         event.dst_roles = dst_roles;
-        // Only now, for a packet that gets an event: the drop path itself may not need it.
-        event.src_roles = classify::roles(cfg, p.family, &p.src);
+        event.src_roles = src_roles;
     }
     entry.write(event);
     entry.submit(0);

@@ -31,6 +31,9 @@ pub struct Frame {
     pub len: usize,
     /// The interface it came in on, for drop events.
     pub ifindex: u32,
+    /// A VLAN id the kernel took off the frame into metadata (TC), 0 for none; a tag still in
+    /// the frame is read by `parse`.
+    pub vlan: u16,
 }
 
 impl Frame {

@@ -38,7 +38,7 @@ pub enum InstanceError {
     },
     #[error("{BPFFS} is not a bpf filesystem and mounting one there failed ({0}). Mount it with `mount -t bpf bpf {BPFFS}`")]
     NoBpffs(std::io::Error),
-    #[error("{BPFFS} is not a bpf filesystem in this mount namespace (`ip netns exec` gives commands a private /sys that hides it). Pins made here would vanish with the namespace and take the firewall with them. Run director-fw with `nsenter --net=/run/netns/NAME director-fw ...` instead, which enters only the network namespace")]
+    #[error("{BPFFS} is not a bpf filesystem in this mount namespace, which is not the host's (`ip netns exec` gives commands a private /sys that hides it; a service's sandbox has a namespace of its own). Pins made here would vanish with the namespace and take the firewall with them. Mount bpffs on the host (`mount -t bpf bpf {BPFFS}`), and run director-fw with `nsenter --net=/run/netns/NAME director-fw ...` rather than `ip netns exec`")]
     PrivateSys,
     #[error("{0}: {1}")]
     Io(String, std::io::Error),

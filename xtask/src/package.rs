@@ -4,9 +4,10 @@
 //!
 //! It installs:
 //! - `/usr/bin/director-fw`;
-//! - `/lib/systemd/system/director-fw@.service`, one agent per instance, reading
+//! - `/usr/lib/systemd/system/director-fw@.service`, one agent per instance, reading
 //!   `/etc/director-fw/NAME.toml` and `/etc/director-fw/NAME.env`;
-//! - completions for bash, zsh and fish, and the man page, written by the binary itself;
+//! - completions for bash, zsh and fish, and a man page per command, written by the binary
+//!   itself;
 //! - an example policy and environment file under `/usr/share/doc/director-fw/examples/`.
 
 use std::path::{Path, PathBuf};
@@ -26,9 +27,14 @@ const COMPLETIONS: [(&str, &str); 3] = [
         "usr/share/fish/vendor_completions.d/director-fw.fish",
     ),
 ];
-const UNIT: &str = "lib/systemd/system/director-fw@.service";
+const UNIT: &str = "usr/lib/systemd/system/director-fw@.service";
 const BINARY: &str = "usr/bin/director-fw";
-const MAN: &str = "usr/share/man/man1/director-fw.1.gz";
+const MAN_DIR: &str = "usr/share/man/man1";
+/// The main page and the page of `run`, which the unit names.
+const MAN: [&str; 2] = [
+    "usr/share/man/man1/director-fw.1.gz",
+    "usr/share/man/man1/director-fw-run.1.gz",
+];
 const EXAMPLES: &str = "usr/share/doc/director-fw/examples";
 
 /// Builds `target/package/director-fw_VERSION_ARCH.deb` from the release build.
@@ -79,10 +85,32 @@ pub fn build(env: &Env) -> Result<PathBuf> {
             process::capture(Command::new(&binary).args(["generate", "completions", shell]))?;
         put(path, text.as_bytes(), 0o644)?;
     }
-    let man = process::capture(Command::new(&binary).args(["generate", "man"]))?;
-    put(MAN, &gzip(man.as_bytes())?, 0o644)?;
+    // A page per command, gzipped as Debian ships them.
+    let pages = out.join("man");
+    if pages.exists() {
+        std::fs::remove_dir_all(&pages)?;
+    }
+    std::fs::create_dir_all(&pages)?;
+    process::run(Command::new(&binary).args(["generate", "man"]).arg(&pages))?;
+    for page in std::fs::read_dir(&pages)? {
+        let page = page?.path();
+        let name = page
+            .file_name()
+            .and_then(|n| n.to_str())
+            .context("a page name")?;
+        put(
+            &format!("{MAN_DIR}/{name}.gz"),
+            &gzip(&std::fs::read(&page)?)?,
+            0o644,
+        )?;
+    }
+    std::fs::remove_dir_all(&pages)?;
+    // The C library the binary was linked against, as the least it needs.
+    let libc =
+        process::capture(Command::new("dpkg-query").args(["-W", "-f", "${Version}", "libc6"]))?;
+    let libc = libc.split(['-', '+']).next().unwrap_or("2.31").to_string();
     let control = format!(
-        "Package: director-fw\nVersion: {version}\nArchitecture: {arch}\nMaintainer: director-fw developers <director-fw@localhost>\nDepends: libc6\nSection: net\nPriority: optional\nDescription: eBPF firewall for Lync Server 2013 / Skype for Business Director topologies\n Enforces Microsoft's Director port matrix in XDP or TC on Linux gateways, with\n peers changed at runtime, atomic policy changes and live counters.\n"
+        "Package: director-fw\nVersion: {version}\nArchitecture: {arch}\nMaintainer: director-fw developers <director-fw@localhost>\nDepends: libc6 (>= {libc})\nSection: net\nPriority: optional\nDescription: eBPF firewall for Lync Server 2013 / Skype for Business Director topologies\n Enforces Microsoft's Director port matrix in XDP or TC on Linux gateways, with\n peers changed at runtime, atomic policy changes and live counters.\n"
     );
     put("DEBIAN/control", control.as_bytes(), 0o644)?;
     put(
@@ -125,7 +153,8 @@ fn gzip(bytes: &[u8]) -> Result<Vec<u8>> {
 /// scratch root where the package is unpacked (with `/bin/kill`, which the unit's reload uses).
 pub fn verify(deb: &Path) -> Result<()> {
     let listing = process::capture(Command::new("dpkg-deb").arg("-c").arg(deb))?;
-    let mut expected = vec![BINARY, UNIT, MAN];
+    let mut expected = vec![BINARY, UNIT];
+    expected.extend(MAN);
     expected.extend(COMPLETIONS.iter().map(|(_, path)| *path));
     for path in expected {
         ensure!(

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use director_fw_common::Verdict;
+use director_fw_common::{events::MAX_EVENT_RATE, Verdict};
 
 use std::collections::HashSet;
 
@@ -85,6 +85,11 @@ impl Agent {
                         lost: counts.lost,
                     })
                 }),
+            Request::DropRate { per_sec } if per_sec > MAX_EVENT_RATE => {
+                Err(AgentError::Refused(format!(
+                    "{per_sec} drop events a second is more than the agent reads; at most {MAX_EVENT_RATE}"
+                )))
+            }
             Request::DropRate { per_sec } => events
                 .ok_or_else(no_events)
                 .and_then(|events| Ok(events.refill(per_sec)?))

@@ -69,7 +69,7 @@ impl Agent {
         };
         DropEventView {
             time: humantime::format_rfc3339_millis(wall_time(e.time_ns)).to_string(),
-            iface: interface_name(e.ifindex),
+            iface: self.interface_name(e.ifindex),
             proto,
             src: addr(&e.src),
             dst: addr(&e.dst),
@@ -99,18 +99,27 @@ fn wall_time(ktime_ns: u64) -> SystemTime {
     SystemTime::now() - Duration::from_nanos(mono.saturating_sub(ktime_ns))
 }
 
-/// The name of an interface in the agent's network namespace, or its index.
-fn interface_name(ifindex: u32) -> String {
-    let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];
-    // SAFETY: the buffer is IF_NAMESIZE long, as if_indextoname needs.
-    let found = unsafe { libc::if_indextoname(ifindex, name.as_mut_ptr()) };
-    if found.is_null() {
-        return format!("if{ifindex}");
+impl Agent {
+    /// The name of an interface in the agent's network namespace, or its index; looked up
+    /// once per interface, not per event.
+    fn interface_name(&self, ifindex: u32) -> String {
+        let mut names = self.ifnames.borrow_mut();
+        names
+            .entry(ifindex)
+            .or_insert_with(|| {
+                let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];
+                // SAFETY: the buffer is IF_NAMESIZE long, as if_indextoname needs.
+                let found = unsafe { libc::if_indextoname(ifindex, name.as_mut_ptr()) };
+                if found.is_null() {
+                    return format!("if{ifindex}");
+                }
+                // SAFETY: if_indextoname wrote a NUL-terminated name into the buffer.
+                unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) }
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .clone()
     }
-    // SAFETY: if_indextoname wrote a NUL-terminated name into the buffer.
-    unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) }
-        .to_string_lossy()
-        .into_owned()
 }
 
 /// A fresh store of recent events.

@@ -165,6 +165,7 @@ impl Agent {
             event_rate: options.drop_events,
             recent: super::drops::recent_store(),
             followers: tokio::sync::broadcast::channel(super::drops::FOLLOW_BUFFER).0,
+            ifnames: Default::default(),
             source,
             state,
             effective,

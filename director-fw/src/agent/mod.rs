@@ -158,6 +158,8 @@ pub struct Agent {
     /// The most recent drop events, and the `drops --follow` clients.
     recent: std::collections::VecDeque<crate::control::protocol::DropEventView>,
     followers: tokio::sync::broadcast::Sender<crate::control::protocol::DropEventView>,
+    /// Interface names by index, for drop events.
+    ifnames: std::cell::RefCell<std::collections::HashMap<u32, String>>,
     source: Source,
     state: State,
     /// The policy in force: the file's with the runtime peers and the audit switch.

@@ -14,6 +14,13 @@ use crate::{
 
 use super::{Agent, AgentError, RunOptions};
 
+/// Metrics connections served at once, and how long one scrape's text serves the next ones.
+const SCRAPERS: usize = 8;
+const SCRAPE_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Drop events read per wake-up of the agent's loop.
+const EVENT_BATCH: usize = 1024;
+
 /// How often the agent checks that every interface it filters still has a live link: an
 /// interface removed and created again is filtered by nothing until it is attached again.
 const LINK_WATCH: std::time::Duration = std::time::Duration::from_secs(2);
@@ -64,6 +71,8 @@ pub fn run(instance: Instance, options: RunOptions) -> Result<(), AgentError> {
             agent.instance.socket().display()
         );
         let mut watch = tokio::time::interval(LINK_WATCH);
+        let scrapers = std::sync::Arc::new(tokio::sync::Semaphore::new(SCRAPERS));
+        let mut scraped: Option<(std::time::Instant, Result<String, String>)> = None;
         // The drop events: read as they come; each CPU's budget refilled every second. Without
         // them the agent still enforces and serves, and says why.
         let mut events = match DropEvents::open(&agent.kernel.pins).and_then(|events| {
@@ -82,6 +91,8 @@ pub fn run(instance: Instance, options: RunOptions) -> Result<(), AgentError> {
             }
         };
         let mut refill = tokio::time::interval(std::time::Duration::from_secs(1));
+        // A refill missed while the agent was busy is not made up for in a burst.
+        refill.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let deadline = agent.deadline();
             let expiry = async {
@@ -109,20 +120,42 @@ pub fn run(instance: Instance, options: RunOptions) -> Result<(), AgentError> {
                     }
                 }
                 scrape = accept(metrics.as_ref()) => {
-                    if let Ok((stream, _)) = scrape {
-                        // The text is made here, from this moment's counters; the connection is
-                        // served on a task of its own, so a slow scraper holds up nothing.
+                    let Ok((stream, _)) = scrape else { continue };
+                    // A few scrapes at a time; more connections are closed at once.
+                    let Ok(permit) = scrapers.clone().try_acquire_owned() else { continue };
+                    // The text is made on the agent's thread, at most once per SCRAPE_TTL
+                    // (counting the flows walks the flow table), and served on a task of its
+                    // own, so that neither a slow scraper nor a flood of connections holds the
+                    // agent up.
+                    let fresh = scraped.as_ref().is_some_and(|(at, _)| at.elapsed() < SCRAPE_TTL);
+                    if !fresh {
                         let counts = events.as_ref().and_then(|e| e.get_ref().counts().ok());
-                        let text = agent.metrics(counts);
-                        tokio::spawn(serve_metrics(stream, text.map_err(|e| e.to_string())));
+                        let text = agent.metrics(counts).map_err(|e| e.to_string());
+                        scraped = Some((std::time::Instant::now(), text));
                     }
+                    let text = scraped
+                        .as_ref()
+                        .map_or_else(|| Err("no snapshot".into()), |(_, t)| t.clone());
+                    tokio::spawn(async move {
+                        serve_metrics(stream, text).await;
+                        drop(permit);
+                    });
                 }
                 ready = readable(events.as_mut()) => {
                     if let Ok(mut ready) = ready {
-                        while let Some(event) = ready.get_inner_mut().next_event() {
-                            agent.record(&event);
+                        // A batch at a time, so that a burst cannot hold the socket up; the
+                        // readiness stays set while events are left.
+                        let mut read = 0;
+                        while read < EVENT_BATCH {
+                            match ready.get_inner_mut().next_event() {
+                                Some(event) => agent.record(&event),
+                                None => break,
+                            }
+                            read += 1;
                         }
-                        ready.clear_ready();
+                        if read < EVENT_BATCH {
+                            ready.clear_ready();
+                        }
                     }
                 }
                 _ = refill.tick() => {

@@ -98,7 +98,7 @@ pub fn run(instance: &Instance, args: Args) -> Result<()> {
             }
             true
         })?;
-        return Ok(());
+        anyhow::bail!("the agent stopped: no more drop events to follow");
     }
     let drops = match super::call(instance, Request::Drops { follow: false })? {
         Response::Drops(drops) => drops,

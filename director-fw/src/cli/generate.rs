@@ -1,4 +1,4 @@
-//! `director-fw generate completions SHELL` and `director-fw generate man`: what the package
+//! `director-fw generate completions SHELL` and `director-fw generate man DIR`: what the package
 //! ships, written from the command line definition itself so it never drifts from it.
 
 use anyhow::Result;
@@ -12,8 +12,9 @@ pub enum Command {
         #[arg(value_enum)]
         shell: Shell,
     },
-    /// The man page (roff) on stdout.
-    Man,
+    /// The man pages (roff): director-fw(1) and one per command (director-fw-run(1), ...),
+    /// written into DIR.
+    Man { dir: std::path::PathBuf },
 }
 
 pub fn run(command: Command) -> Result<()> {
@@ -23,7 +24,7 @@ pub fn run(command: Command) -> Result<()> {
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut cli, "director-fw", &mut out);
         }
-        Command::Man => clap_mangen::Man::new(cli).render(&mut out)?,
+        Command::Man { dir } => clap_mangen::generate_to(cli, dir)?,
     }
     Ok(())
 }

@@ -27,7 +27,12 @@ pub struct Args {
     #[arg(long, value_name = "ADDR")]
     metrics: Option<std::net::SocketAddr>,
     /// Drop events per second the kernel may send, across all CPUs (`drops`); 0 for none.
-    #[arg(long, value_name = "PER_SEC", default_value_t = director_fw_common::events::DEFAULT_EVENT_RATE)]
+    #[arg(
+        long,
+        value_name = "PER_SEC",
+        default_value_t = director_fw_common::events::DEFAULT_EVENT_RATE,
+        value_parser = clap::value_parser!(u32).range(0..=i64::from(director_fw_common::events::MAX_EVENT_RATE))
+    )]
     drop_events: u32,
     /// Least level logged: error, warn, info, debug or trace. RUST_LOG, when set, wins.
     #[arg(long, default_value = "info")]

@@ -77,6 +77,15 @@ fn draw(
 ) {
     let header = Row::new(["", "PACKETS", "PKT/S", "BYTES", "RATE"])
         .style(Style::new().add_modifier(Modifier::BOLD));
+    // Three titles, the header and the borders take 6 lines: when every counter does not fit,
+    // the idle ones (never counted) give way, and the title says how many.
+    let room = usize::from(frame.area().height).saturating_sub(6);
+    let hide_idle = rows.len() > room;
+    let shown: Vec<&rates::Row> = rows
+        .iter()
+        .filter(|r| !hide_idle || r.packets != 0)
+        .collect();
+    let hidden = rows.len() - shown.len();
     let mut lines = Vec::new();
     for (section, title) in [
         ("rule", "RULES"),
@@ -84,9 +93,9 @@ fn draw(
         ("drop", "DROPPED"),
     ] {
         lines.push(Row::new([title]).style(Style::new().add_modifier(Modifier::UNDERLINED)));
-        for r in rows.iter().filter(|r| r.section == section) {
+        for r in shown.iter().filter(|r| r.section == section) {
             let name = if r.audit {
-                format!("  {} (audit: passed)", r.name)
+                format!("  {} (audit)", r.name)
             } else {
                 format!("  {}", r.name)
             };
@@ -99,20 +108,26 @@ fn draw(
             ]));
         }
     }
+    let idle = if hidden > 0 {
+        format!(" - {hidden} idle hidden")
+    } else {
+        String::new()
+    };
     let title = format!(
-        " director-fw {} on {} - every {:.1} s - q quits ",
+        " director-fw {} on {} - every {:.1} s{idle} - q quits ",
         instance.name,
         stats.interfaces.join(", "),
         interval.as_secs_f64()
     );
     let table = Table::new(
         lines,
+        // 28 + 11 + 9 + 12 + 10 and 4 spaces between them: 74, inside the borders of 80.
         [
-            Constraint::Length(30),
+            Constraint::Length(28),
+            Constraint::Length(11),
+            Constraint::Length(9),
             Constraint::Length(12),
             Constraint::Length(10),
-            Constraint::Length(12),
-            Constraint::Length(11),
         ],
     )
     .header(header)

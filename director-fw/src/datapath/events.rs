@@ -5,7 +5,7 @@ use std::os::fd::{AsRawFd, RawFd};
 
 use aya::{
     maps::{Map, MapData, PerCpuArray, PerCpuValues, RingBuf},
-    util::nr_cpus,
+    util::{nr_cpus, online_cpus},
 };
 use director_fw_common::{
     events::{EVENTS_LOST, EVENTS_SENT, EVENTS_SUPPRESSED},
@@ -53,14 +53,19 @@ impl DropEvents {
         })
     }
 
-    /// Gives every CPU its share of `per_sec` events for the next second (at least one each
-    /// while the rate is not 0), replacing what is left of the last share.
+    /// Gives every online CPU its share of `per_sec` events for the next second, the shares
+    /// adding up to `per_sec` exactly, and replaces what is left of the last shares.
     pub fn refill(&mut self, per_sec: u32) -> Result<(), DatapathError> {
-        let share = match per_sec {
-            0 => 0,
-            n => n.div_ceil(self.cpus).max(1),
-        };
-        let values = PerCpuValues::try_from(vec![share; self.cpus as usize])
+        let online =
+            online_cpus().map_err(|(what, err)| DatapathError::Io(what.to_string(), err))?;
+        let n = online.len().max(1) as u32;
+        let mut shares = vec![0u32; self.cpus as usize];
+        for (i, &cpu) in online.iter().enumerate() {
+            if let Some(share) = shares.get_mut(cpu as usize) {
+                *share = per_sec / n + u32::from((i as u32) < per_sec % n);
+            }
+        }
+        let values = PerCpuValues::try_from(shares)
             .map_err(|err| DatapathError::Io("per-CPU values".into(), err))?;
         let mut budget: PerCpuArray<_, u32> = PerCpuArray::try_from(&mut self.budget)?;
         budget.set(0, values, 0)?;
@@ -77,12 +82,17 @@ impl DropEvents {
         })
     }
 
-    /// The next event waiting in the ring buffer.
+    /// The next event waiting in the ring buffer; a record too short to be one is skipped.
     pub fn next_event(&mut self) -> Option<DropEvent> {
-        let item = self.ring.next()?;
-        (item.len() >= std::mem::size_of::<DropEvent>())
-            // SAFETY: the kernel wrote a whole DropEvent (checked length); read unaligned.
-            .then(|| unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<DropEvent>()) })
+        loop {
+            let item = self.ring.next()?;
+            if item.len() >= std::mem::size_of::<DropEvent>() {
+                // SAFETY: the kernel wrote a whole DropEvent (checked length); read unaligned.
+                return Some(unsafe {
+                    std::ptr::read_unaligned(item.as_ptr().cast::<DropEvent>())
+                });
+            }
+        }
     }
 }
 

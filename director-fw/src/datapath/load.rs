@@ -158,8 +158,16 @@ impl Datapath {
                 loader.map_max_entries(name, entries);
             }
         }
+        // Only pins that exist: a state map an older object lacked is created here and pinned
+        // with the rest after the hand-over, so a failed one leaves no orphan pinned.
         let state_pins: Vec<_> = reuse
-            .map(|pins| maps::STATE.map(|name| (name, pins.map(name))).to_vec())
+            .map(|pins| {
+                maps::STATE
+                    .iter()
+                    .map(|&name| (name, pins.map(name)))
+                    .filter(|(_, path)| path.exists())
+                    .collect()
+            })
             .unwrap_or_default();
         for (name, path) in &state_pins {
             loader.map_pin_path(name, path.as_path());
