@@ -324,6 +324,11 @@ pub fn run(_args: &[String]) -> Result<()> {
 
     step(7, "the live counters (`director-fw stats`)");
     print_indented(&demo.cli(&["stats"])?);
+    println!("\n  $ director-fw drops   (the most recent drop events)");
+    let drops = demo.cli(&["drops"])?;
+    let lines: Vec<&str> = drops.lines().collect();
+    // The last few events and the counts line: enough to see what an event says.
+    print_indented(&lines[lines.len().saturating_sub(5)..].join("\n"));
 
     step(
         8,
