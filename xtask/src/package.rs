@@ -36,6 +36,7 @@ const MAN: [&str; 2] = [
     "usr/share/man/man1/director-fw-run.1.gz",
 ];
 const EXAMPLES: &str = "usr/share/doc/director-fw/examples";
+const CONFIG_DIR: &str = "etc/director-fw";
 
 /// Builds `target/package/director-fw_VERSION_ARCH.deb` from the release build.
 pub fn build(env: &Env) -> Result<PathBuf> {
@@ -118,6 +119,8 @@ pub fn build(env: &Env) -> Result<PathBuf> {
         b"#!/bin/sh\nset -e\nif [ -d /run/systemd/system ]; then systemctl daemon-reload || true; fi\n",
         0o755,
     )?;
+    // Where the unit looks for each instance's policy and environment file.
+    std::fs::create_dir_all(root.join(CONFIG_DIR))?;
     let deb = out.join(format!("director-fw_{version}_{arch}.deb"));
     process::run(
         Command::new("dpkg-deb")
@@ -153,7 +156,7 @@ fn gzip(bytes: &[u8]) -> Result<Vec<u8>> {
 /// scratch root where the package is unpacked (with `/bin/kill`, which the unit's reload uses).
 pub fn verify(deb: &Path) -> Result<()> {
     let listing = process::capture(Command::new("dpkg-deb").arg("-c").arg(deb))?;
-    let mut expected = vec![BINARY, UNIT];
+    let mut expected = vec![BINARY, UNIT, CONFIG_DIR];
     expected.extend(MAN);
     expected.extend(COMPLETIONS.iter().map(|(_, path)| *path));
     for path in expected {
