@@ -188,7 +188,7 @@ pub fn verify(deb: &Path) -> Result<()> {
     }
     std::fs::remove_dir_all(&scratch)?;
     eprintln!(
-        "xtask: {} holds the binary, the unit, completions, the man page and examples; the unit verifies",
+        "xtask: {} holds the binary, the unit, completions, the man pages and examples; the unit verifies",
         deb.display()
     );
     Ok(())
