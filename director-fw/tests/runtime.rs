@@ -716,3 +716,53 @@ fn drop_events_name_the_packet_and_account_for_every_drop() {
     assert_eq!(accounted, dropped, "events {drops} against drops {stats}");
     assert!(drops["suppressed"].as_u64().unwrap() >= 190, "{drops}");
 }
+
+/// A reload waiting for `policy confirm` outlives the agent: killed inside the window and
+/// started again on the same (edited) file, the agent still reverts at the deadline, to the
+/// policy from before, which no file holds any more.
+#[test]
+fn an_unconfirmed_reload_reverts_even_across_an_agent_restart() {
+    if !root_or_skip("an_unconfirmed_reload_reverts_even_across_an_agent_restart") {
+        return;
+    }
+    let mut run = LabRun::start("rt-confirm-restart", "xdp", Lab::peers_toml, "");
+    let pins = Instance::new(run.name()).unwrap().pins();
+    let original = pins.snapshot().unwrap();
+    // The operator edits the file in place: the internal clients go.
+    let narrower = format!(
+        "profile = \"lync2013-single-director\"\n{}",
+        peers_except(&run.lab, InternalClients)
+    );
+    std::fs::write(&run.policy_file, narrower).unwrap();
+    let started = Instant::now();
+    run.ok(&["policy", "reload", "--confirm-within", "4"]);
+    assert!(!connects(&run.lab, InternalClients, Director, 443, false));
+    run.agent.take().unwrap().kill();
+    run.start_agent(&[]);
+    let resumed = status(&run);
+    assert!(
+        resumed["pending_confirm"].is_object(),
+        "the restarted agent forgot the window: {resumed}"
+    );
+    while status(&run)["pending_confirm"].is_object() {
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "no revert after 8 s"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        pins.snapshot().unwrap().same_policy(&original),
+        "the revert is not the policy from before the reload"
+    );
+    assert!(connects(&run.lab, InternalClients, Director, 443, false));
+
+    // Past the deadline while no agent runs: the next start reverts at once.
+    run.ok(&["policy", "reload", "--confirm-within", "1"]);
+    run.agent.take().unwrap().kill();
+    thread::sleep(Duration::from_millis(1500));
+    run.start_agent(&[]);
+    assert!(status(&run)["pending_confirm"].is_null());
+    assert!(pins.snapshot().unwrap().same_policy(&original));
+    assert!(connects(&run.lab, InternalClients, Director, 443, false));
+}

@@ -24,7 +24,8 @@ use crate::{
 };
 
 use super::{
-    lifecycle::take_over, timestamp, Agent, AgentError, Kernel, Pending, Prepared, Source, State,
+    lifecycle::take_over, timestamp, Agent, AgentError, Kernel, Pending, PendingState, Prepared,
+    Source, State,
 };
 
 impl Agent {
@@ -47,7 +48,10 @@ impl Agent {
                 .counted_reload(file, confirm_within)
                 .map(|m| self.changed(m, received)),
             Request::PolicyConfirm => match self.pending.take() {
-                Some(_) => Ok(self.changed("confirmed; the new policy stays".into(), received)),
+                Some(_) => {
+                    self.save_pending(None);
+                    Ok(self.changed("confirmed; the new policy stays".into(), received))
+                }
                 None => Err(AgentError::Refused(
                     "no reload is waiting for confirmation".into(),
                 )),
@@ -263,6 +267,13 @@ impl Agent {
             return Ok(what);
         };
         let to = previous.0.policy.source.clone();
+        self.save_pending(Some(PendingState {
+            deadline: super::unix_now() + secs,
+            unconfirmed: self.source.sha256.clone(),
+            file: previous.0.file.clone(),
+            text: previous.0.text.clone(),
+            peers: previous.1.clone(),
+        }));
         self.pending = Some(Pending {
             deadline: Instant::now() + Duration::from_secs(secs),
             previous: previous.0,
@@ -271,6 +282,15 @@ impl Agent {
         Ok(format!(
             "{what}; it reverts to {to} in {secs} s unless `director-fw policy confirm` comes first"
         ))
+    }
+
+    /// Keeps the confirm window (or its end) in the state file, so that a restart honours it.
+    fn save_pending(&mut self, pending: Option<PendingState>) {
+        self.state.pending = pending;
+        let path = self.instance.state_file();
+        if let Err(err) = self.state.save(&path) {
+            tracing::error!("saving the confirm window in {}: {err}", path.display());
+        }
     }
 
     /// The confirm deadline, if a reload waits for one.
@@ -297,7 +317,9 @@ impl Agent {
                 "the revert drops runtime peer {net} of role {role:?}, which {to} does not have"
             );
         }
-        match self.commit(pending.previous, peers, self.state.audit) {
+        let reverted = self.commit(pending.previous, peers, self.state.audit);
+        self.save_pending(None);
+        match reverted {
             Ok(()) => tracing::info!("no `policy confirm` in time: reverted to {to}"),
             Err(err) => {
                 tracing::error!("reverting to {to} failed, the reloaded policy stays: {err}")

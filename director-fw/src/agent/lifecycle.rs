@@ -11,7 +11,7 @@ use crate::{
     instance::{ensure_bpffs, Instance},
 };
 
-use super::{Agent, AgentError, Kernel, Prepared, Source, State};
+use super::{Agent, AgentError, Kernel, Pending, Prepared, Source, State};
 
 /// What `director-fw run` asks for.
 #[derive(Clone, Debug)]
@@ -41,13 +41,8 @@ impl Agent {
         };
         let state = State::load(&instance.state_file())?;
         let source = Source::read(options.policy_file.as_ref())?;
-        let prepared = Prepared::new(
-            &source,
-            state.peers.clone(),
-            options.audit,
-            state.audit,
-            &state,
-        )
+        let (source, peers, pending) = resume_confirm(&state, source)?;
+        let prepared = Prepared::new(&source, peers, options.audit, state.audit, &state)
         .map_err(|err| match err {
             AgentError::Peers(err) => AgentError::Refused(format!(
                 "{err}. The runtime peers are kept in {}: start with the policy file that has the role, or remove the peer from that file",
@@ -60,8 +55,11 @@ impl Agent {
             slots,
             fresh: fresh_slots,
             live,
-            state,
+            mut state,
         } = prepared;
+        if pending.is_none() {
+            state.pending = None;
+        }
         let compiled = live.compiled();
 
         let pins = instance.pins();
@@ -174,11 +172,57 @@ impl Agent {
             start,
             started_at: now,
             last_change: now,
-            pending: None,
+            pending,
             instance,
             _lock: lock,
         })
     }
+}
+
+/// A reload that waited for `policy confirm` when the last agent stopped: past its deadline,
+/// the agent starts with the policy from before it; before, with the unconfirmed one and the
+/// rest of the window, when that is what it was asked to run. Returns the source and runtime
+/// peers to start with, and the window still open.
+fn resume_confirm(
+    state: &State,
+    source: Source,
+) -> Result<(Source, crate::policy::RuntimePeers, Option<Pending>), AgentError> {
+    let Some(waiting) = &state.pending else {
+        return Ok((source, state.peers.clone(), None));
+    };
+    let previous = Source::from_text(waiting.file.clone(), waiting.text.clone())?;
+    let now = super::unix_now();
+    if now >= waiting.deadline {
+        tracing::warn!(
+            "a reload was not confirmed before its deadline while no agent ran: reverting to {}",
+            previous.policy.source
+        );
+        let (peers, dropped) = waiting
+            .peers
+            .listed_in(&source.policy)
+            .union(&state.peers)
+            .keep_roles_of(&previous.policy);
+        for (role, net) in dropped {
+            tracing::warn!("the revert drops runtime peer {net} of role {role:?}");
+        }
+        return Ok((previous, peers, None));
+    }
+    if source.sha256 != waiting.unconfirmed {
+        // This start names another policy than the unconfirmed one: nothing is left to revert.
+        return Ok((source, state.peers.clone(), None));
+    }
+    let left = std::time::Duration::from_secs(waiting.deadline - now);
+    tracing::warn!(
+        "the reload waits for `director-fw policy confirm`: it reverts to {} in {} s",
+        previous.policy.source,
+        left.as_secs()
+    );
+    let pending = Pending {
+        deadline: std::time::Instant::now() + left,
+        previous,
+        peers: waiting.peers.clone(),
+    };
+    Ok((source, state.peers.clone(), Some(pending)))
 }
 
 fn load(

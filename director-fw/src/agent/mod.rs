@@ -22,7 +22,7 @@ use std::{
 pub use lifecycle::{detach, RunOptions};
 pub use serve::run;
 pub use slots::RuleSlots;
-pub use state::{State, StateError};
+pub use state::{PendingState, State, StateError};
 
 use crate::{
     compile::Incremental,
@@ -57,28 +57,46 @@ struct Source {
     file: Option<PathBuf>,
     policy: Policy,
     sha256: String,
+    /// The file's text as read, so that a reverted policy is the one that was in force even
+    /// when the file has changed since (`None` for the built-in profile).
+    text: Option<String>,
 }
 
 impl Source {
     fn read(file: Option<&PathBuf>) -> Result<Source, AgentError> {
-        use sha2::{Digest, Sha256};
         let Some(file) = file else {
-            return Ok(Source {
-                file: None,
-                policy: Policy::builtin(),
-                sha256: hex(&Sha256::digest(b"")),
-            });
+            return Source::from_text(None, None);
         };
         let file = std::path::absolute(file).unwrap_or(file.clone());
         let text =
             std::fs::read_to_string(&file).map_err(|err| PolicyError::unreadable(&file, &err))?;
-        let policy = Policy::from_toml(&file.display().to_string(), &text)?;
+        Source::from_text(Some(file), Some(text))
+    }
+
+    /// The policy of `text` (read from `file`), or the built-in profile without either.
+    fn from_text(file: Option<PathBuf>, text: Option<String>) -> Result<Source, AgentError> {
+        use sha2::{Digest, Sha256};
+        let (policy, sha256) = match (&file, &text) {
+            (Some(file), Some(text)) => (
+                Policy::from_toml(&file.display().to_string(), text)?,
+                hex(&Sha256::digest(text.as_bytes())),
+            ),
+            _ => (Policy::builtin(), hex(&Sha256::digest(b""))),
+        };
         Ok(Source {
-            sha256: hex(&Sha256::digest(text.as_bytes())),
-            file: Some(file),
+            file,
             policy,
+            sha256,
+            text,
         })
     }
+}
+
+/// Seconds since the epoch, now.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -26,6 +26,23 @@ pub struct State {
     /// `audit on|off`: it holds across reloads and restarts until the next `audit`.
     #[serde(default)]
     pub audit: Option<bool>,
+    /// A reload waiting for `policy confirm`, so that an agent that stops inside the window
+    /// still reverts it when it starts again.
+    #[serde(default)]
+    pub pending: Option<PendingState>,
+}
+
+/// What a reload with `--confirm-within` reverts to, and by when.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingState {
+    /// Seconds since the epoch.
+    pub deadline: u64,
+    /// SHA-256 of the unconfirmed policy's text.
+    pub unconfirmed: String,
+    /// The policy before the reload: its file and its text then.
+    pub file: Option<std::path::PathBuf>,
+    pub text: Option<String>,
+    pub peers: RuntimePeers,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -114,6 +131,7 @@ mod tests {
                 .unwrap(),
             rule_slots: RuleSlots::default().assign(&policy).table,
             audit: Some(true),
+            pending: None,
         };
         state.save(&path).unwrap();
         assert_eq!(State::load(&path).unwrap(), state);
