@@ -8,11 +8,51 @@ use director_fw_common::{
     Config, DropEvent, DropReason,
 };
 
+use aya_ebpf::programs::{TcContext, XdpContext};
+
 use crate::{
     classify,
     maps::{EVENTS, EVENT_BUDGET, EVENT_STATS},
-    parse::{Frame, Packet},
+    parse::{self, Frame, Packet},
 };
+
+/// What a drop event says about where a packet came in. Read from the context only when an
+/// event is sent, so that no packet pays for it.
+pub trait Ingress {
+    fn ifindex(&self) -> u32;
+    /// A VLAN id the kernel moved from the frame into metadata, 0 for none.
+    fn offloaded_vlan(&self) -> u16;
+}
+
+impl Ingress for XdpContext {
+    fn ifindex(&self) -> u32 {
+        self.ingress_ifindex() as u32
+    }
+
+    /// Native XDP sees the frame as the driver hands it: a tag the NIC took off is not known.
+    fn offloaded_vlan(&self) -> u16 {
+        0
+    }
+}
+
+impl Ingress for TcContext {
+    fn ifindex(&self) -> u32 {
+        // SAFETY: the context's skb is valid for the program's run.
+        unsafe { (*self.skb.skb).ifindex }
+    }
+
+    /// Before TC ingress the kernel moves an outer tag into the skb's metadata.
+    fn offloaded_vlan(&self) -> u16 {
+        // SAFETY: as above.
+        unsafe {
+            if (*self.skb.skb).vlan_present != 0 {
+                ((*self.skb.skb).vlan_tci & 0x0fff) as u16
+            } else {
+                0
+            }
+        }
+    }
+}
 
 #[inline(always)]
 fn count(slot: u32) {
@@ -28,6 +68,7 @@ fn count(slot: u32) {
 pub fn report(
     cfg: &Config,
     frame: &Frame,
+    ingress: &impl Ingress,
     p: Option<&Packet>,
     dst_roles: u32,
     reason: DropReason,
@@ -52,8 +93,7 @@ pub fn report(
     };
     let mut event = DropEvent {
         time_ns: unsafe { bpf_ktime_get_ns() },
-        ifindex: frame.ifindex,
-        vlan: frame.vlan,
+        ifindex: ingress.ifindex(),
         reason: reason as u8,
         audit: u8::from(audit),
         ..DropEvent::default()
@@ -65,12 +105,13 @@ pub fn report(
         event.dport = p.dport;
         event.proto = p.proto;
         event.family = p.family;
-        if p.vlan != 0 {
-            event.vlan = p.vlan;
-        }
         event.dst_roles = dst_roles;
         event.src_roles = src_roles;
     }
+    event.vlan = match parse::outer_vlan(frame) {
+        0 => ingress.offloaded_vlan(),
+        tag => tag,
+    };
     entry.write(event);
     entry.submit(0);
     count(EVENTS_SENT);

@@ -29,12 +29,8 @@ pub fn director_fw_xdp(ctx: XdpContext) -> u32 {
         start: ctx.data(),
         end: ctx.data_end(),
         len: core::hint::black_box(ctx.data_end() - ctx.data()),
-        ifindex: ctx.ingress_ifindex() as u32,
-        // Native XDP sees the frame as the driver hands it; a tag offloaded by the NIC is not
-        // in it.
-        vlan: 0,
     };
-    if verdict::judge(&frame) {
+    if verdict::judge(&frame, &ctx) {
         xdp_action::XDP_PASS
     } else {
         xdp_action::XDP_DROP
@@ -53,18 +49,8 @@ pub fn director_fw_tc(ctx: TcContext) -> i32 {
         start: ctx.data(),
         end: ctx.data_end(),
         len: len as usize,
-        // SAFETY: the context's skb is valid for the program's run.
-        ifindex: unsafe { (*ctx.skb.skb).ifindex },
-        // Before TC ingress the kernel moves an outer tag into the skb's metadata.
-        vlan: unsafe {
-            if (*ctx.skb.skb).vlan_present != 0 {
-                ((*ctx.skb.skb).vlan_tci & 0x0fff) as u16
-            } else {
-                0
-            }
-        },
     };
-    if verdict::judge(&frame) {
+    if verdict::judge(&frame, &ctx) {
         TC_ACT_OK
     } else {
         TC_ACT_SHOT

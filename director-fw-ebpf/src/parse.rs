@@ -29,11 +29,6 @@ pub struct Frame {
     pub end: usize,
     /// Length of the whole frame.
     pub len: usize,
-    /// The interface it came in on, for drop events.
-    pub ifindex: u32,
-    /// A VLAN id the kernel took off the frame into metadata (TC), 0 for none; a tag still in
-    /// the frame is read by `parse`.
-    pub vlan: u16,
 }
 
 impl Frame {
@@ -150,8 +145,6 @@ pub struct Packet {
     pub dport: u16,
     pub tcp_flags: u8,
     pub icmp_type: u8,
-    /// The outer VLAN id, 0 for none (drop events report it).
-    pub vlan: u16,
     /// For an ICMP error: the flow of the packet it quotes. Read here, with the rest of the
     /// packet, so that no packet offset outlives parsing: offsets differ per VLAN and
     /// extension-header path, and states that differ cannot be merged by the verifier.
@@ -171,26 +164,36 @@ pub fn parse(frame: &Frame) -> Result<Parsed, ()> {
     }
     let mut ethertype = u16::from_be(frame.header::<EthHdr>(0)?.ethertype);
     let mut off = ETH_HLEN;
-    let mut vlan = 0;
     for _ in 0..MAX_VLAN_TAGS {
         if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
             break;
         }
-        let tag = frame.header::<VlanHdr>(off)?;
-        if vlan == 0 {
-            vlan = u16::from_be(tag.tci) & 0x0fff;
-        }
-        ethertype = u16::from_be(tag.ethertype);
+        ethertype = u16::from_be(frame.header::<VlanHdr>(off)?.ethertype);
         off += 4;
     }
-    let mut packet = match ethertype {
+    let packet = match ethertype {
         ETH_P_IPV4 => ipv4(frame, off)?,
         ETH_P_IPV6 => ipv6(frame, off)?,
         ETH_P_8021Q | ETH_P_8021AD => return Err(()),
         _ => return Ok(Parsed::NonIp),
     };
-    packet.vlan = vlan;
     Ok(Parsed::Ip(packet))
+}
+
+/// The id of the frame's outer VLAN tag, 0 for none. Read again for a drop event only, so that
+/// no packet pays for it in `parse`.
+#[inline(always)]
+pub fn outer_vlan(frame: &Frame) -> u16 {
+    let Ok(eth) = frame.header::<EthHdr>(0) else {
+        return 0;
+    };
+    let ethertype = u16::from_be(eth.ethertype);
+    if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
+        return 0;
+    }
+    frame
+        .header::<VlanHdr>(ETH_HLEN)
+        .map_or(0, |tag| u16::from_be(tag.tci) & 0x0fff)
 }
 
 #[inline(always)]
@@ -226,7 +229,6 @@ fn ipv4(frame: &Frame, off: usize) -> Result<Packet, ()> {
         dport: 0,
         tcp_flags: 0,
         icmp_type: 0,
-        vlan: 0,
         quoted: None,
     };
     l4(frame, &mut packet, off + hlen, off + total)?;
@@ -295,7 +297,6 @@ fn ipv6(frame: &Frame, off: usize) -> Result<Packet, ()> {
         dport: 0,
         tcp_flags: 0,
         icmp_type: 0,
-        vlan: 0,
         quoted: None,
     };
     l4(frame, &mut packet, cur, ip_end)?;

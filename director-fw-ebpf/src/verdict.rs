@@ -9,7 +9,8 @@ use director_fw_common::{
 };
 
 use crate::{
-    classify, conntrack, events,
+    classify, conntrack,
+    events::{self, Ingress},
     maps::{ACTIVE, CONFIG},
     parse::{self, Fragment, Frame, Packet, Parsed},
 };
@@ -17,10 +18,10 @@ use crate::{
 /// Judges one frame and counts the verdict. `ACTIVE` is read once, and everything after it
 /// reads that generation only: a policy change is one word, so no packet sees half of it.
 #[inline(always)]
-pub fn judge(frame: &Frame) -> bool {
+pub fn judge(frame: &Frame, ingress: &impl Ingress) -> bool {
     let generation = ACTIVE.get(0).copied().unwrap_or(0);
     let verdict = match CONFIG.get(generation) {
-        Some(cfg) => judge_with(frame, cfg),
+        Some(cfg) => judge_with(frame, ingress, cfg),
         // The array always has its entry; pass rather than cut a gateway off if it had not.
         None => Verdict::Pass(PassKind::Unprotected),
     };
@@ -29,17 +30,17 @@ pub fn judge(frame: &Frame) -> bool {
 }
 
 #[inline(always)]
-fn judge_with(frame: &Frame, cfg: &Config) -> Verdict {
+fn judge_with(frame: &Frame, ingress: &impl Ingress, cfg: &Config) -> Verdict {
     let p = match parse::parse(frame) {
         Ok(Parsed::Ip(p)) => p,
         Ok(Parsed::NonIp) => return Verdict::Pass(PassKind::NonIp),
-        Err(()) => return dropped(cfg, frame, None, 0, DropReason::Malformed),
+        Err(()) => return dropped(cfg, frame, ingress, None, 0, DropReason::Malformed),
     };
     let dst_roles = classify::roles(cfg, p.family, &p.dst);
     let dst_protected = dst_roles & cfg.to_roles != 0;
     let verdict = decide(cfg, &p, dst_roles, dst_protected);
     if let Verdict::Drop(reason) = verdict {
-        return dropped(cfg, frame, Some(&p), dst_roles, reason);
+        return dropped(cfg, frame, ingress, Some(&p), dst_roles, reason);
     }
     if let Fragment::First(id) = p.fragment {
         if dst_protected {
@@ -55,19 +56,14 @@ fn judge_with(frame: &Frame, cfg: &Config) -> Verdict {
 fn dropped(
     cfg: &Config,
     frame: &Frame,
+    ingress: &impl Ingress,
     p: Option<&Packet>,
     dst_roles: u32,
     reason: DropReason,
 ) -> Verdict {
     let verdict = audited(cfg, reason);
-    events::report(
-        cfg,
-        frame,
-        p,
-        dst_roles,
-        reason,
-        matches!(verdict, Verdict::Audit(_)),
-    );
+    let audit = matches!(verdict, Verdict::Audit(_));
+    events::report(cfg, frame, ingress, p, dst_roles, reason, audit);
     verdict
 }
 
