@@ -55,14 +55,14 @@ impl AttachMode {
     }
 }
 
-/// Looks the name up in the caller's network namespace (unlike /sys/class/net, which
-/// belongs to the mount namespace).
-fn interface_exists(iface: &str) -> bool {
+/// The index of an interface in the caller's network namespace (unlike /sys/class/net, which
+/// belongs to the mount namespace); 0 when there is none.
+pub(super) fn interface_index(iface: &str) -> u32 {
     let Ok(name) = std::ffi::CString::new(iface) else {
-        return false;
+        return 0;
     };
     // SAFETY: a valid NUL-terminated string; the call only reads it.
-    unsafe { libc::if_nametoindex(name.as_ptr()) != 0 }
+    unsafe { libc::if_nametoindex(name.as_ptr()) }
 }
 
 /// Attaches an XDP program to one interface and hands back the link, for the caller to pin.
@@ -125,7 +125,7 @@ impl Datapath {
         iface: &str,
         mode: AttachMode,
     ) -> Result<(FdLink, Option<String>), DatapathError> {
-        if !interface_exists(iface) {
+        if interface_index(iface) == 0 {
             return Err(DatapathError::NoInterface(iface.to_string()));
         }
         match mode {

@@ -1,13 +1,10 @@
 //! The per-CPU counter map: one slot per pass kind, drop reason and rule (see
 //! `director_fw_common::verdict`).
 
-use aya::{
-    maps::{Map, PerCpuArray, PerCpuValues},
-    util::nr_cpus,
-};
+use aya::maps::{Map, PerCpuArray};
 use director_fw_common::Counter;
 
-use super::DatapathError;
+use super::{on_every_cpu, DatapathError};
 
 pub struct Counters {
     map: Map,
@@ -36,11 +33,8 @@ impl Counters {
 
     /// Sets a slot to zero on every CPU: a rule that is new to the policy starts from zero.
     pub fn zero(&mut self, slot: u32) -> Result<(), DatapathError> {
-        let cpus = nr_cpus().map_err(|(what, err)| DatapathError::Io(what.to_string(), err))?;
-        let values = PerCpuValues::try_from(vec![Counter::default(); cpus])
-            .map_err(|err| DatapathError::Io("per-CPU values".into(), err))?;
         let mut array: PerCpuArray<_, Counter> = PerCpuArray::try_from(&mut self.map)?;
-        array.set(slot, values, 0)?;
+        array.set(slot, on_every_cpu(Counter::default())?, 0)?;
         Ok(())
     }
 }

@@ -4,15 +4,15 @@
 use std::os::fd::{AsRawFd, RawFd};
 
 use aya::{
-    maps::{Map, MapData, PerCpuArray, PerCpuValues, RingBuf},
-    util::{nr_cpus, online_cpus},
+    maps::{Map, MapData, PerCpuArray, RingBuf},
+    util::online_cpus,
 };
 use director_fw_common::{
     events::{EVENTS_LOST, EVENTS_SENT, EVENTS_SUPPRESSED},
     maps, DropEvent,
 };
 
-use super::{DatapathError, Pins};
+use super::{per_cpu, possible_cpus, DatapathError, Pins};
 
 /// Events sent, suppressed by the budget, and lost to a full ring buffer, since the datapath
 /// was loaded.
@@ -44,7 +44,7 @@ impl DropEvents {
                 )))
             }
         };
-        let cpus = nr_cpus().map_err(|(what, err)| DatapathError::Io(what.to_string(), err))?;
+        let cpus = possible_cpus()?;
         Ok(DropEvents {
             ring,
             budget: open(maps::EVENT_BUDGET)?,
@@ -65,8 +65,7 @@ impl DropEvents {
                 *share = per_sec / n + u32::from((i as u32) < per_sec % n);
             }
         }
-        let values = PerCpuValues::try_from(shares)
-            .map_err(|err| DatapathError::Io("per-CPU values".into(), err))?;
+        let values = per_cpu(shares)?;
         let mut budget: PerCpuArray<_, u32> = PerCpuArray::try_from(&mut self.budget)?;
         budget.set(0, values, 0)?;
         Ok(())

@@ -180,7 +180,7 @@ impl Datapath {
             tc(&mut ebpf)?.load()?;
         }
         let mut take = |name: &'static str| ebpf.take_map(name).ok_or(DatapathError::Missing(name));
-        let policy = PolicyMaps::fresh(&mut take)?;
+        let policy = PolicyMaps::open(&mut take)?;
         let state = StateMaps {
             flows: take(maps::FLOWS)?,
             frags: take(maps::FRAGS)?,

@@ -69,3 +69,19 @@ pub enum DatapathError {
 fn io(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> DatapathError {
     move |err| DatapathError::Io(what.to_string(), err)
 }
+
+/// Possible CPUs: per-CPU maps have a value for each.
+fn possible_cpus() -> Result<usize, DatapathError> {
+    aya::util::nr_cpus().map_err(|(what, err)| DatapathError::Io(what.to_string(), err))
+}
+
+/// `value` on every possible CPU, as a per-CPU map takes it.
+fn on_every_cpu<T: aya::Pod>(value: T) -> Result<aya::maps::PerCpuValues<T>, DatapathError> {
+    per_cpu(vec![value; possible_cpus()?])
+}
+
+/// One value per possible CPU, in CPU order.
+fn per_cpu<T: aya::Pod>(values: Vec<T>) -> Result<aya::maps::PerCpuValues<T>, DatapathError> {
+    aya::maps::PerCpuValues::try_from(values)
+        .map_err(|err| DatapathError::Io("per-CPU values".into(), err))
+}

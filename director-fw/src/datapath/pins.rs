@@ -33,7 +33,7 @@ use director_fw_common::{
 use crate::instance::Lock;
 
 use super::{
-    attach::{attach_tc, attach_xdp, put_back},
+    attach::{attach_tc, attach_xdp, interface_index, put_back},
     io,
     load::data,
     swap::{PolicyMaps, Snapshot},
@@ -412,15 +412,6 @@ impl Pins {
         }
         Ok(())
     }
-}
-
-/// The index of an interface in the caller's network namespace; 0 when there is none.
-fn interface_index(iface: &str) -> u32 {
-    let Ok(name) = std::ffi::CString::new(iface) else {
-        return 0;
-    };
-    // SAFETY: a valid NUL-terminated string; the call only reads it.
-    unsafe { libc::if_nametoindex(name.as_ptr()) }
 }
 
 /// The interface a pinned XDP or TCX link holds (0 once the interface is gone), read with

@@ -69,7 +69,9 @@ pub struct PolicyMaps {
 }
 
 impl PolicyMaps {
-    fn open(
+    /// The policy maps of a loaded object. New maps are all zero, so generation 0 protects
+    /// nothing until the first install.
+    pub(super) fn open(
         take: &mut dyn FnMut(&'static str) -> Result<Map, DatapathError>,
     ) -> Result<PolicyMaps, DatapathError> {
         let mut mapped =
@@ -118,13 +120,6 @@ impl PolicyMaps {
             held: Default::default(),
             grace: None,
         })
-    }
-
-    /// New maps, as created by the loader: all zero, so generation 0 protects nothing.
-    pub(super) fn fresh(
-        take: &mut dyn FnMut(&'static str) -> Result<Map, DatapathError>,
-    ) -> Result<PolicyMaps, DatapathError> {
-        PolicyMaps::open(take)
     }
 
     /// Live maps, opened from their pins: reads which generation is in force and what both

@@ -4,13 +4,12 @@
 use std::time::Duration;
 
 use aya::{
-    maps::{HashMap, PerCpuArray, PerCpuValues},
+    maps::{HashMap, PerCpuArray},
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
-    util::nr_cpus,
 };
 use director_fw_common::{maps, FlowKey, FlowState, FragKey, FragState, Verdict};
 
-use super::{Datapath, DatapathError};
+use super::{on_every_cpu, Datapath, DatapathError};
 
 fn options(frame: &[u8], repeat: u32) -> TestRunOptions<'_> {
     let mut options = TestRunOptions::new();
@@ -71,10 +70,7 @@ impl Datapath {
             .map_mut(maps::LAST_VERDICT)
             .ok_or(DatapathError::Missing(maps::LAST_VERDICT))?;
         let mut array: PerCpuArray<_, u32> = PerCpuArray::try_from(map)?;
-        let cpus = nr_cpus().map_err(|(what, err)| DatapathError::Io(what.to_string(), err))?;
-        let values = PerCpuValues::try_from(vec![u32::MAX; cpus])
-            .map_err(|err| DatapathError::Io("per-CPU values".into(), err))?;
-        array.set(0, values, 0)?;
+        array.set(0, on_every_cpu(u32::MAX)?, 0)?;
         Ok(())
     }
 
@@ -120,11 +116,8 @@ impl Datapath {
     /// Gives every CPU a budget of `n` drop events, as the agent's refill would.
     pub fn set_event_budget(&mut self, n: u32) -> Result<(), DatapathError> {
         let map = self.state.event_map(maps::EVENT_BUDGET)?;
-        let cpus = nr_cpus().map_err(|(what, err)| DatapathError::Io(what.to_string(), err))?;
-        let values = PerCpuValues::try_from(vec![n; cpus])
-            .map_err(|err| DatapathError::Io("per-CPU values".into(), err))?;
         let mut budget: PerCpuArray<_, u32> = PerCpuArray::try_from(map)?;
-        budget.set(0, values, 0)?;
+        budget.set(0, on_every_cpu(n)?, 0)?;
         Ok(())
     }
 
