@@ -305,18 +305,12 @@ impl Agent {
             return;
         };
         let to = pending.previous.policy.source.clone();
-        // The runtime peers of now, and those of then that the reload dropped because its
-        // file listed them (a peer deleted since stays deleted).
-        let (peers, dropped) = pending
-            .peers
-            .listed_in(&self.source.policy)
-            .union(&self.state.peers)
-            .keep_roles_of(&pending.previous.policy);
-        for (role, net) in &dropped {
-            tracing::warn!(
-                "the revert drops runtime peer {net} of role {role:?}, which {to} does not have"
-            );
-        }
+        let peers = super::peers_for_revert(
+            &pending.peers,
+            &self.state.peers,
+            &self.source.policy,
+            &pending.previous.policy,
+        );
         let reverted = self.commit(pending.previous, peers, self.state.audit);
         self.save_pending(None);
         match reverted {

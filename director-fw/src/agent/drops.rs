@@ -39,7 +39,8 @@ impl Agent {
         self.followers.subscribe()
     }
 
-    fn view_of(&self, e: &DropEvent) -> DropEventView {
+    fn view_of(&mut self, e: &DropEvent) -> DropEventView {
+        let iface = self.interface_name(e.ifindex);
         let roles = |bits: u32| -> Vec<String> {
             (0..32)
                 .filter(|b| bits & (1 << b) != 0)
@@ -69,7 +70,7 @@ impl Agent {
         };
         DropEventView {
             time: humantime::format_rfc3339_millis(wall_time(e.time_ns)).to_string(),
-            iface: self.interface_name(e.ifindex),
+            iface,
             proto,
             src: addr(&e.src),
             dst: addr(&e.dst),
@@ -102,9 +103,8 @@ fn wall_time(ktime_ns: u64) -> SystemTime {
 impl Agent {
     /// The name of an interface in the agent's network namespace, or its index; looked up
     /// once per interface, not per event.
-    fn interface_name(&self, ifindex: u32) -> String {
-        let mut names = self.ifnames.borrow_mut();
-        names
+    fn interface_name(&mut self, ifindex: u32) -> String {
+        self.ifnames
             .entry(ifindex)
             .or_insert_with(|| {
                 let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];

@@ -197,14 +197,12 @@ fn resume_confirm(
             "a reload was not confirmed before its deadline while no agent ran: reverting to {}",
             previous.policy.source
         );
-        let (peers, dropped) = waiting
-            .peers
-            .listed_in(&source.policy)
-            .union(&state.peers)
-            .keep_roles_of(&previous.policy);
-        for (role, net) in dropped {
-            tracing::warn!("the revert drops runtime peer {net} of role {role:?}");
-        }
+        let peers = super::peers_for_revert(
+            &waiting.peers,
+            &state.peers,
+            &source.policy,
+            &previous.policy,
+        );
         return Ok((previous, peers, None));
     }
     if source.sha256 != waiting.unconfirmed {

@@ -79,9 +79,9 @@ impl Source {
         let (policy, sha256) = match (&file, &text) {
             (Some(file), Some(text)) => (
                 Policy::from_toml(&file.display().to_string(), text)?,
-                hex(&Sha256::digest(text.as_bytes())),
+                hex::encode(Sha256::digest(text.as_bytes())),
             ),
-            _ => (Policy::builtin(), hex(&Sha256::digest(b""))),
+            _ => (Policy::builtin(), hex::encode(Sha256::digest(b""))),
         };
         Ok(Source {
             file,
@@ -99,8 +99,23 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// The runtime peers after a revert to `previous`: those of now, and those of then that the
+/// reload dropped because its file (`reloaded`) listed them; a peer deleted since stays
+/// deleted. A peer whose role `previous` lacks cannot stay, and the log says so.
+fn peers_for_revert(
+    then: &RuntimePeers,
+    now: &RuntimePeers,
+    reloaded: &Policy,
+    previous: &Policy,
+) -> RuntimePeers {
+    let (peers, dropped) = then.listed_in(reloaded).union(now).keep_roles_of(previous);
+    for (role, net) in dropped {
+        tracing::warn!(
+            "the revert drops runtime peer {net} of role {role:?}, which {} does not have",
+            previous.source
+        );
+    }
+    peers
 }
 
 /// A reload waiting for `policy confirm`: what to go back to.
@@ -177,7 +192,7 @@ pub struct Agent {
     recent: std::collections::VecDeque<crate::control::protocol::DropEventView>,
     followers: tokio::sync::broadcast::Sender<crate::control::protocol::DropEventView>,
     /// Interface names by index, for drop events.
-    ifnames: std::cell::RefCell<std::collections::HashMap<u32, String>>,
+    ifnames: std::collections::HashMap<u32, String>,
     source: Source,
     state: State,
     /// The policy in force: the file's with the runtime peers and the audit switch.

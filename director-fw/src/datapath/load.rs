@@ -23,10 +23,7 @@ pub static OBJECT: &[u8] =
 /// A short id of an object (the start of its SHA-256), pinned with its program so that a
 /// restarted agent can tell its own program from another build's.
 pub fn object_id(object: &[u8]) -> String {
-    Sha256::digest(object)[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(&Sha256::digest(object)[..8])
 }
 
 /// Sizes of the policy maps: host tables per generation, and entries of the prefix tries and
