@@ -128,6 +128,24 @@ fn second_build() -> Vec<u8> {
     bytes
 }
 
+/// Whether the program on the links writes `LAST_VERDICT`: it is cleared, a denied connection
+/// is tried, and any CPU's slot that changed says the program records verdicts.
+fn records_verdicts(run: &LabRun, pins: &Path) -> bool {
+    use aya::maps::{Map, MapData, PerCpuArray, PerCpuValues};
+    let data = MapData::from_pin(pins.join("maps/LAST_VERDICT")).expect("the pinned LAST_VERDICT");
+    let mut array: PerCpuArray<_, u32> =
+        PerCpuArray::try_from(Map::PerCpuArray(data)).expect("a per-CPU array");
+    let cpus = aya::util::nr_cpus().expect("the CPU count");
+    let cleared = PerCpuValues::try_from(vec![u32::MAX; cpus]).unwrap();
+    array.set(0, cleared, 0).unwrap();
+    assert!(!connects(&run.lab, Outsider, Director, 443, false));
+    array
+        .get(&0, 0)
+        .unwrap()
+        .iter()
+        .any(|&slot| slot != u32::MAX)
+}
+
 #[test]
 fn an_allowed_connection_lives_through_kill_sigterm_sighup_and_upgrade() {
     if !root_or_skip("an_allowed_connection_lives_through_kill_sigterm_sighup_and_upgrade") {
@@ -195,7 +213,13 @@ fn an_allowed_connection_lives_through_kill_sigterm_sighup_and_upgrade() {
     );
     check(&run, &mut talk, "after SIGHUP");
 
-    // An upgrade: a new agent with another build of the object.
+    // An upgrade: a new agent with another build of the object. The second build records
+    // every verdict in LAST_VERDICT, which the first never writes: a packet after the
+    // upgrade shows which program the links run.
+    assert!(
+        !records_verdicts(&run, &pins),
+        "the first build already records verdicts"
+    );
     let before = status(&run)["object"].as_str().unwrap().to_string();
     let object = std::env::temp_dir().join(format!("{}-second-build.o", run.name()));
     std::fs::write(&object, second_build()).unwrap();
@@ -210,6 +234,10 @@ fn an_allowed_connection_lives_through_kill_sigterm_sighup_and_upgrade() {
         object_id(&second_build())
     );
     check(&run, &mut talk, "after the upgrade");
+    assert!(
+        records_verdicts(&run, &pins),
+        "the links do not run the second build's program after the upgrade"
+    );
     assert!(
         run.rule_packets(rule) >= counted,
         "the upgrade reset the counters"
@@ -629,17 +657,22 @@ fn stats_watch_on_a_terminal_and_into_a_pipe() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
+    // With connections between snapshots, a rule's rate moves.
     let mut lines = BufReader::new(piped.stdout.take().unwrap()).lines();
-    for _ in 0..3 {
+    let mut moved = false;
+    for _ in 0..10 {
+        assert!(connects(&run.lab, ReverseProxy, Director, 4443, false));
         let line = lines.next().expect("a snapshot per interval").unwrap();
         let snapshot: Value = serde_json::from_str(&line).expect("one JSON object per line");
-        assert!(
-            snapshot["counters"]
-                .as_array()
-                .is_some_and(|c| !c.is_empty()),
-            "{line}"
-        );
+        let counters = snapshot["counters"].as_array().expect("counters");
+        moved |= counters
+            .iter()
+            .any(|c| c["name"] == "rp-director-https" && c["packets_per_sec"].as_f64() > Some(0.0));
+        if moved {
+            break;
+        }
     }
+    assert!(moved, "no snapshot showed a rate for rp-director-https");
     let _ = piped.kill();
     let _ = piped.wait();
 }
