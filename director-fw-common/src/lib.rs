@@ -8,6 +8,7 @@ pub mod config;
 pub mod events;
 pub mod flow;
 pub mod hosts;
+pub mod interfaces;
 pub mod maps;
 pub mod rules;
 pub mod verdict;
@@ -51,4 +52,5 @@ mod pod {
     unsafe impl aya::Pod for DropEvent {}
     unsafe impl aya::Pod for HostV4 {}
     unsafe impl aya::Pod for HostV6 {}
+    unsafe impl aya::Pod for interfaces::InterfaceRows {}
 }

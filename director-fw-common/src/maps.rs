@@ -30,8 +30,14 @@ pub const RULES: &str = "RULES";
 pub const FLOWS: &str = "FLOWS";
 /// `LruHashMap<FragKey, FragState>`: first fragments that passed.
 pub const FRAGS: &str = "FRAGS";
-/// `PerCpuArray<Counter>`: packets and bytes per counter slot (see [`crate::verdict`]).
+/// `PerCpuArray<Counter>`: packets and bytes per counter slot (see [`crate::verdict`]), of
+/// the rule slots only: verdicts without a rule count per interface, in [`IFACE_COUNTERS`].
 pub const COUNTERS: &str = "COUNTERS";
+/// `PerCpuArray<Counter>`: packets and bytes per interface row and verdict (see
+/// [`crate::interfaces`]).
+pub const IFACE_COUNTERS: &str = "IFACE_COUNTERS";
+/// `Array<InterfaceRows>`, one entry: the counter row of each ingress ifindex.
+pub const IFACE_ROWS: &str = "IFACE_ROWS";
 /// `RingBuf` of [`crate::DropEvent`]s.
 pub const EVENTS: &str = "EVENTS";
 /// `PerCpuArray<u32>`, one entry: drop events each CPU may still send until the agent refills it.
@@ -42,8 +48,10 @@ pub const EVENT_STATS: &str = "EVENT_STATS";
 /// the program is loaded with the `TRACE` global set, for tests.
 pub const LAST_VERDICT: &str = "LAST_VERDICT";
 
-/// Every map, in the order the loader pins them.
-pub const ALL: [&str; 17] = [
+/// Every map, in the order the loader pins them. The object has two more that are never
+/// pinned, because they belong to one program and go with it: aya-log's `AYA_LOGS` ring buffer
+/// and `RARE_LOGGED`, when each rare event was last logged (see the eBPF crate's `rare`).
+pub const ALL: [&str; 19] = [
     ACTIVE,
     CONFIG,
     HOST_SEEDS_V4,
@@ -57,6 +65,8 @@ pub const ALL: [&str; 17] = [
     FLOWS,
     FRAGS,
     COUNTERS,
+    IFACE_COUNTERS,
+    IFACE_ROWS,
     EVENTS,
     EVENT_BUDGET,
     EVENT_STATS,
@@ -65,7 +75,16 @@ pub const ALL: [&str; 17] = [
 
 /// Maps that hold what the datapath has learnt rather than what the policy says: they are
 /// kept when a new program or a resized policy takes over (adoption, upgrade, reload).
-pub const STATE: [&str; 6] = [FLOWS, FRAGS, COUNTERS, EVENTS, EVENT_BUDGET, EVENT_STATS];
+pub const STATE: [&str; 8] = [
+    FLOWS,
+    FRAGS,
+    COUNTERS,
+    IFACE_COUNTERS,
+    IFACE_ROWS,
+    EVENTS,
+    EVENT_BUDGET,
+    EVENT_STATS,
+];
 
 /// Name of the `.rodata` global that turns on [`LAST_VERDICT`].
 pub const TRACE_GLOBAL: &str = "TRACE";

@@ -10,6 +10,7 @@ use director_fw_common::{
 use crate::{
     maps::{FLOWS, FRAGS},
     parse::Packet,
+    rare::{self, Rare},
 };
 
 /// A coarse clock is enough for timeouts of seconds, and costs less per packet.
@@ -95,7 +96,9 @@ pub fn create(p: &Packet) {
     };
     // A full LRU evicts its oldest entry, so insertion only fails on memory pressure; the
     // packet still passes and the flow is picked up again by its next forward packet.
-    let _ = FLOWS.insert(key, state, 0);
+    if let Err(code) = FLOWS.insert(key, state, 0) {
+        rare::log(Rare::FlowInsert, code);
+    }
 }
 
 /// Whether the flow an ICMP error quotes is live.
@@ -140,5 +143,7 @@ pub fn remember_first_fragment(p: &Packet, id: u32) {
     let state = FragState {
         last_seen_ns: now(),
     };
-    let _ = FRAGS.insert(fragment_key(p, id), state, 0);
+    if let Err(code) = FRAGS.insert(fragment_key(p, id), state, 0) {
+        rare::log(Rare::FragmentInsert, code);
+    }
 }

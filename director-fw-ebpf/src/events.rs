@@ -8,51 +8,12 @@ use director_fw_common::{
     Config, DropEvent, DropReason,
 };
 
-use aya_ebpf::programs::{TcContext, XdpContext};
-
 use crate::{
     classify,
+    ingress::Ingress,
     maps::{EVENTS, EVENT_BUDGET, EVENT_STATS},
     parse::{self, Frame, Packet},
 };
-
-/// What a drop event says about where a packet came in. Read from the context only when an
-/// event is sent, so that no packet pays for it.
-pub trait Ingress {
-    fn ifindex(&self) -> u32;
-    /// A VLAN id the kernel moved from the frame into metadata, 0 for none.
-    fn offloaded_vlan(&self) -> u16;
-}
-
-impl Ingress for XdpContext {
-    fn ifindex(&self) -> u32 {
-        self.ingress_ifindex() as u32
-    }
-
-    /// Native XDP sees the frame as the driver hands it: a tag the NIC took off is not known.
-    fn offloaded_vlan(&self) -> u16 {
-        0
-    }
-}
-
-impl Ingress for TcContext {
-    fn ifindex(&self) -> u32 {
-        // SAFETY: the context's skb is valid for the program's run.
-        unsafe { (*self.skb.skb).ifindex }
-    }
-
-    /// Before TC ingress the kernel moves an outer tag into the skb's metadata.
-    fn offloaded_vlan(&self) -> u16 {
-        // SAFETY: as above.
-        unsafe {
-            if (*self.skb.skb).vlan_present != 0 {
-                ((*self.skb.skb).vlan_tci & 0x0fff) as u16
-            } else {
-                0
-            }
-        }
-    }
-}
 
 #[inline(always)]
 fn count(slot: u32) {

@@ -6,8 +6,10 @@ mod classify;
 mod conntrack;
 mod counters;
 mod events;
+mod ingress;
 mod maps;
 mod parse;
+mod rare;
 mod verdict;
 
 use aya_ebpf::{

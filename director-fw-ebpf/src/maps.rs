@@ -8,6 +8,7 @@ use aya_ebpf::{
 use director_fw_common::{
     config::GENERATIONS,
     events::{EVENTS_BYTES, EVENT_STATS_SLOTS},
+    interfaces::{InterfaceRows, INTERFACE_COUNTERS},
     maps::{DEFAULT_FLOWS, DEFAULT_FRAGS, DEFAULT_NETS, DEFAULT_RULE_ENTRIES},
     verdict::COUNTER_SLOTS,
     Config, Counter, FlowKey, FlowState, FragKey, FragState, HostV4, HostV6, RuleKey, PORT_SLOTS,
@@ -44,6 +45,11 @@ pub static FRAGS: LruHashMap<FragKey, FragState> = LruHashMap::with_max_entries(
 
 #[map(name = "COUNTERS")]
 pub static COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
+#[map(name = "IFACE_COUNTERS")]
+pub static IFACE_COUNTERS: PerCpuArray<Counter> =
+    PerCpuArray::with_max_entries(INTERFACE_COUNTERS, 0);
+#[map(name = "IFACE_ROWS")]
+pub static IFACE_ROWS: Array<InterfaceRows> = Array::with_max_entries(1, 0);
 #[map(name = "EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 #[map(name = "EVENT_BUDGET")]

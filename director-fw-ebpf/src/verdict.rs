@@ -9,8 +9,8 @@ use director_fw_common::{
 };
 
 use crate::{
-    classify, conntrack,
-    events::{self, Ingress},
+    classify, conntrack, events,
+    ingress::Ingress,
     maps::{ACTIVE, CONFIG},
     parse::{self, Fragment, Frame, Packet, Parsed},
 };
@@ -23,9 +23,12 @@ pub fn judge(frame: &Frame, ingress: &impl Ingress) -> bool {
     let verdict = match CONFIG.get(generation) {
         Some(cfg) => judge_with(frame, ingress, cfg),
         // The array always has its entry; pass rather than cut a gateway off if it had not.
-        None => Verdict::Pass(PassKind::Unprotected),
+        None => {
+            crate::rare::log(crate::rare::Rare::NoConfig, 0);
+            Verdict::Pass(PassKind::Unprotected)
+        }
     };
-    crate::counters::count(verdict, frame.len as u64);
+    crate::counters::count(verdict, frame.len as u64, ingress);
     verdict.passes()
 }
 

@@ -728,9 +728,9 @@ fn check_paths(datapath: &mut Datapath, policy: &Policy) -> Result<()> {
             PathId::NewFlow => new_flow_syn(FLOW_SPORT),
             _ => path.frame(),
         };
-        let before = datapath.state.counters.get(verdict.slot())?.packets;
+        let before = datapath.state.counters.total(verdict.slot())?.packets;
         let (action, _) = datapath.test_run_xdp(&frame, 1)?;
-        let after = datapath.state.counters.get(verdict.slot())?.packets;
+        let after = datapath.state.counters.total(verdict.slot())?.packets;
         let expected = if verdict.passes() { XDP_PASS } else { XDP_DROP };
         ensure!(
             action == expected && after == before + 1,

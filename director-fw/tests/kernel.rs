@@ -8,6 +8,7 @@ use common::{addr, frames::*, lab_policy, root_or_skip, Kernel};
 use director_fw::{policy::Source, Policy};
 use director_fw_common::{
     config::{FLAG_AUDIT, FLAG_ICMP_ECHO_DENY},
+    interfaces::{ANY_RULE, INTERFACE_SLOTS},
     DropReason, PassKind, Verdict,
 };
 use director_fw_lab::Role;
@@ -477,6 +478,37 @@ fn counters_count_packets_and_bytes() {
     assert_eq!(after.packets - before.packets, 3);
     assert_eq!(after.bytes - before.bytes, 3 * frame.len() as u64);
     assert_eq!(k.counter(drop_slot).packets - drops_before.packets, 1);
+}
+
+#[test]
+fn an_interface_with_a_row_counts_in_it_and_gives_it_back_to_row_0() {
+    let mut k = kernel!("an_interface_with_a_row_counts_in_it_and_gives_it_back_to_row_0");
+    let counters = &mut k.datapath.state.counters;
+    assert!(counters.assign_rows([("lo", 5)]).unwrap().is_empty());
+    let pass = syn(Role::EdgeInternal, Role::Director, 5061, false);
+    let drop = syn(Role::EdgeInternal, Role::Director, 5060, false);
+    k.judge(&pass);
+    k.judge(&drop);
+    let row = k.datapath.state.counters.row(5).unwrap();
+    assert_eq!(row[ANY_RULE as usize].packets, 1);
+    assert_eq!(row[NO_RULE.slot() as usize].packets, 1);
+    assert_eq!(row[ANY_RULE as usize].bytes, pass.len() as u64);
+    // TestRun packets come in on lo.
+    let in_row_0 = |k: &Kernel| k.datapath.state.counters.row(0).unwrap()[NO_RULE.slot() as usize];
+    assert_eq!(in_row_0(&k).packets, 0, "row 0 counted it too");
+
+    // Taken from lo, the row folds into row 0, and the totals stay.
+    let counters = &mut k.datapath.state.counters;
+    counters.assign_rows([]).unwrap();
+    counters.fold_rows_except(&[]).unwrap();
+    assert_eq!(
+        counters.row(5).unwrap(),
+        [Default::default(); INTERFACE_SLOTS as usize]
+    );
+    assert_eq!(in_row_0(&k).packets, 1);
+    k.judge(&drop);
+    assert_eq!(in_row_0(&k).packets, 2);
+    assert_eq!(k.counter(NO_RULE.slot()).packets, 2);
 }
 
 #[test]

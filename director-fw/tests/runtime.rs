@@ -576,6 +576,33 @@ fn metrics_agree_with_stats_and_hold_no_addresses() {
     let drops = value("director_fw_drop_packets_total{reason=\"no-rule\",audit=\"false\"}");
     assert!(drops > 0);
     assert_eq!(drops, from_stats("drops", "reason", "no-rule"));
+    // Per interface: every attached interface has its own figures, and they add up.
+    let attached = stats["interfaces"].as_array().unwrap();
+    let by_interface = stats["by_interface"].as_array().unwrap();
+    assert_eq!(
+        attached.as_slice(),
+        by_interface
+            .iter()
+            .map(|i| i["interface"].clone())
+            .collect::<Vec<_>>(),
+        "{stats}"
+    );
+    let mut sum = 0;
+    for i in by_interface {
+        let name = i["interface"].as_str().unwrap();
+        let here = value(&format!(
+            "director_fw_interface_drop_packets_total{{interface=\"{name}\",reason=\"no-rule\",audit=\"false\"}}"
+        ));
+        let in_stats = i["drops"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["reason"] == "no-rule" && d["audit"] == false)
+            .and_then(|d| d["packets"].as_u64());
+        assert_eq!(Some(here), in_stats, "{name}");
+        sum += here;
+    }
+    assert_eq!(sum, drops);
     assert_eq!(value("director_fw_peers{role=\"director\"}"), 2);
     assert!(out.contains("director_fw_build_info{"), "{out}");
     for label in out
@@ -626,6 +653,9 @@ fn stats_watch_on_a_terminal_and_into_a_pipe() {
         assert!(connects(&run.lab, ReverseProxy, Director, 4443, false));
         thread::sleep(Duration::from_millis(300));
     }
+    // Tab shows the first interface alone.
+    watch.stdin.as_mut().unwrap().write_all(b"\t").unwrap();
+    thread::sleep(Duration::from_millis(700));
     watch.stdin.as_mut().unwrap().write_all(b"q").unwrap();
     let started = Instant::now();
     let status = loop {
@@ -640,7 +670,16 @@ fn stats_watch_on_a_terminal_and_into_a_pipe() {
     };
     let screen = reader.join().unwrap();
     assert!(status.success(), "the watch exited with {status}: {screen}");
-    for text in ["RULES", "PKT/S", "rp-director-https", "no-rule", "b/s"] {
+    // The one-interface view names its passes by any rule.
+    for text in [
+        "RULES",
+        "PKT/S",
+        "rp-director-https",
+        "no-rule",
+        "b/s",
+        "INTERFACES",
+        "(\"rule\":",
+    ] {
         assert!(screen.contains(text), "no {text:?} on the screen: {screen}");
     }
 
@@ -657,6 +696,10 @@ fn stats_watch_on_a_terminal_and_into_a_pipe() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
+    let first = run.json(&["stats", "--json"])["interfaces"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
     // With connections between snapshots, a rule's rate moves.
     let mut lines = BufReader::new(piped.stdout.take().unwrap()).lines();
     let mut moved = false;
@@ -668,6 +711,10 @@ fn stats_watch_on_a_terminal_and_into_a_pipe() {
         moved |= counters
             .iter()
             .any(|c| c["name"] == "rp-director-https" && c["packets_per_sec"].as_f64() > Some(0.0));
+        assert!(
+            counters.iter().any(|c| c["interface"] == first.as_str()),
+            "no counter of {first}: {line}"
+        );
         if moved {
             break;
         }
@@ -798,4 +845,47 @@ fn an_unconfirmed_reload_reverts_even_across_an_agent_restart() {
     assert!(status(&run)["pending_confirm"].is_null());
     assert!(pins.snapshot().unwrap().same_policy(&original));
     assert!(connects(&run.lab, InternalClients, Director, 443, false));
+}
+
+/// The kernel program's rare events reach the agent's log through aya-log, and at most once a
+/// second per CPU. Planted: the generation in force pointed past the configurations, which
+/// the kernel answers by passing everything and saying so.
+#[test]
+fn a_rare_kernel_event_reaches_the_agent_log_and_does_not_flood_it() {
+    use aya::maps::{Array, Map, MapData};
+    if !root_or_skip("a_rare_kernel_event_reaches_the_agent_log_and_does_not_flood_it") {
+        return;
+    }
+    const SAYS: &str = "kernel: the policy generation in force has no configuration";
+    let run = LabRun::start("rt-klog", "xdp", Lab::peers_toml, "");
+    let pin = agent_pin_dir(run.name()).join("maps/ACTIVE");
+    let mut active: Array<MapData, u32> =
+        Array::try_from(Map::Array(MapData::from_pin(&pin).unwrap())).unwrap();
+    let in_force = active.get(&0, 0).unwrap();
+    assert!(!connects(&run.lab, Outsider, Director, 443, false));
+    active.set(0, 7, 0).unwrap();
+    let mut passed = 0;
+    for _ in 0..20 {
+        passed += usize::from(connects(&run.lab, Outsider, Director, 443, false));
+    }
+    active.set(0, in_force, 0).unwrap();
+    assert_eq!(passed, 20, "without a configuration the kernel passes");
+    assert!(!connects(&run.lab, Outsider, Director, 443, false));
+
+    let agent = run.agent.as_ref().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let said = loop {
+        let said = agent.log().iter().filter(|l| l.contains(SAYS)).count();
+        if said > 0 || Instant::now() > deadline {
+            break said;
+        }
+        thread::sleep(Duration::from_millis(100));
+    };
+    // Over a hundred packets in a second or two: one line per CPU and second at most.
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    assert!(
+        (1..=cpus * 4).contains(&said),
+        "{said} lines saying {SAYS:?}: {:?}",
+        agent.log()
+    );
 }

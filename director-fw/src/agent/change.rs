@@ -325,6 +325,12 @@ impl Agent {
     pub(super) fn heal_links(&mut self) {
         match self.kernel.pins.heal(&self.kernel.ifaces, self.kernel.mode) {
             Ok(healed) => {
+                if !healed.is_empty() {
+                    // A recreated interface has a new ifindex.
+                    if let Err(err) = self.kernel.point_rows(&self.state.interface_rows) {
+                        tracing::error!("pointing the interfaces at their counter rows: {err}");
+                    }
+                }
                 for (iface, warning) in healed {
                     tracing::info!("{iface} had no live link (the interface was created again, or appeared); attached again");
                     if let Some(warning) = warning {
@@ -453,13 +459,38 @@ impl Agent {
             .zip(&self.slots)
             .map(|(r, &s)| (r.id.clone(), s))
             .collect();
-        Ok(stats::collect(&rules, &self.kernel.ifaces, |slot| {
-            self.kernel.counters.get(slot)
-        })?)
+        let mut rows = Vec::new();
+        for iface in &self.kernel.ifaces {
+            if let Some(&row) = self.state.interface_rows.get(iface) {
+                rows.push((iface.clone(), self.kernel.counters.row(row)?));
+            }
+        }
+        rows.push((stats::OTHER.to_string(), self.kernel.counters.row(0)?));
+        Ok(stats::collect(
+            &rules,
+            &self.kernel.ifaces,
+            &rows,
+            |slot| self.kernel.counters.rule(slot),
+        )?)
     }
 }
 
 impl Kernel {
+    /// Points each interface's ifindex at its counter row.
+    pub(super) fn point_rows(
+        &mut self,
+        rows: &super::rows::InterfaceRows,
+    ) -> Result<(), DatapathError> {
+        let named = rows.iter().map(|(iface, &row)| (iface.as_str(), row));
+        for iface in self.counters.assign_rows(named)? {
+            tracing::warn!(
+                "{iface}: its ifindex is too large for a counter row; its packets count as {}",
+                stats::OTHER
+            );
+        }
+        Ok(())
+    }
+
     /// Installs in one generation switch, or, when the policy has outgrown the maps, loads
     /// maps of a new size and puts their program under the links in one step.
     fn install(
@@ -472,7 +503,7 @@ impl Kernel {
         // just been freed: zero new rules' slots only once they are done.
         self.maps.settle();
         for &slot in fresh {
-            self.counters.zero(Verdict::Rule(slot).slot())?;
+            self.counters.zero_rule(Verdict::Rule(slot).slot())?;
         }
         match self.maps.install(compiled) {
             Ok(_) => Ok(()),

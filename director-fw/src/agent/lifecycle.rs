@@ -145,17 +145,29 @@ impl Agent {
                 }
             }
         };
+        let mut kernel = Kernel {
+            pins,
+            ifaces: options.ifaces,
+            mode: options.mode,
+            object,
+            maps,
+            counters,
+        };
+        state.interface_rows = super::rows::assign(&state.interface_rows, &kernel.ifaces);
+        for iface in kernel
+            .ifaces
+            .iter()
+            .filter(|i| !state.interface_rows.contains_key(*i))
+        {
+            tracing::warn!("{iface}: no counter row is left for it; its packets count with the interfaces not attached, as {}", crate::telemetry::stats::OTHER);
+        }
+        kernel.point_rows(&state.interface_rows)?;
+        let kept: Vec<u8> = state.interface_rows.values().copied().collect();
+        kernel.counters.fold_rows_except(&kept)?;
         state.save(&instance.state_file())?;
         let now = SystemTime::now();
         Ok(Agent {
-            kernel: Kernel {
-                pins,
-                ifaces: options.ifaces,
-                mode: options.mode,
-                object,
-                maps,
-                counters,
-            },
+            kernel,
             object_id: id,
             audit_flag: options.audit,
             reloads: 0,
@@ -243,7 +255,7 @@ fn load(
 
 fn zero(counters: &mut Counters, slots: &[u32]) -> Result<(), AgentError> {
     for &slot in slots {
-        counters.zero(director_fw_common::Verdict::Rule(slot).slot())?;
+        counters.zero_rule(director_fw_common::Verdict::Rule(slot).slot())?;
     }
     Ok(())
 }

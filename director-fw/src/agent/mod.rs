@@ -4,11 +4,13 @@
 //! - `lifecycle`: start (load, adopt or take over) and the pinned datapath's checks;
 //! - `change`: every change (peers, reload, audit, confirm) through one commit;
 //! - `serve`: the socket, signals and the confirm deadline;
-//! - `slots`, `state`: counter slots of rule ids, and what is kept across restarts.
+//! - `slots`, `rows`, `state`: counter slots of rule ids, counter rows of interfaces, and
+//!   what is kept across restarts.
 
 mod change;
 mod drops;
 mod lifecycle;
+mod rows;
 mod serve;
 mod slots;
 mod state;

@@ -8,7 +8,7 @@ use crate::{
         protocol::{Request, Response},
         server::Server,
     },
-    datapath::DropEvents,
+    datapath::{DropEvents, KernelLog},
     instance::Instance,
 };
 
@@ -90,6 +90,7 @@ pub fn run(instance: Instance, options: RunOptions) -> Result<(), AgentError> {
                 None
             }
         };
+        let mut kernel_log = open_kernel_log(&agent);
         let mut refill = tokio::time::interval(std::time::Duration::from_secs(1));
         // A refill missed while the agent was busy is not made up for in a burst.
         refill.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -158,6 +159,12 @@ pub fn run(instance: Instance, options: RunOptions) -> Result<(), AgentError> {
                         }
                     }
                 }
+                ready = readable(kernel_log.as_mut()) => {
+                    if let Ok(mut ready) = ready {
+                        ready.get_inner_mut().flush();
+                        ready.clear_ready();
+                    }
+                }
                 _ = refill.tick() => {
                     if let Some(events) = events.as_mut() {
                         if let Err(err) = events.get_mut().refill(agent.event_rate) {
@@ -166,7 +173,15 @@ pub fn run(instance: Instance, options: RunOptions) -> Result<(), AgentError> {
                     }
                 }
                 _ = hup.recv() => agent.reload_on_signal(),
-                _ = watch.tick() => agent.heal_links(),
+                _ = watch.tick() => {
+                    agent.heal_links();
+                    // A larger policy or an upgrade put another program, with its own log,
+                    // under the links.
+                    let program = KernelLog::program_in_force(&agent.kernel.pins, agent.kernel.mode).ok();
+                    if program != kernel_log.as_ref().map(|log| log.get_ref().program()) {
+                        kernel_log = open_kernel_log(&agent);
+                    }
+                }
                 _ = expiry => agent.revert(),
                 _ = term.recv() => break,
                 _ = int.recv() => break,
@@ -179,13 +194,32 @@ pub fn run(instance: Instance, options: RunOptions) -> Result<(), AgentError> {
     })
 }
 
-/// The drop events' ring buffer once it has events; never, without it.
-async fn readable(
-    events: Option<&mut tokio::io::unix::AsyncFd<DropEvents>>,
-) -> std::io::Result<tokio::io::unix::AsyncFdReadyMutGuard<'_, DropEvents>> {
-    match events {
-        Some(events) => events.readable_mut().await,
+/// A ring buffer once it has records; never, without it.
+async fn readable<T: std::os::fd::AsRawFd>(
+    ring: Option<&mut tokio::io::unix::AsyncFd<T>>,
+) -> std::io::Result<tokio::io::unix::AsyncFdReadyMutGuard<'_, T>> {
+    match ring {
+        Some(ring) => ring.readable_mut().await,
         None => std::future::pending().await,
+    }
+}
+
+/// The kernel program's log, watched. Without it the agent still enforces, and says why.
+fn open_kernel_log(agent: &Agent) -> Option<tokio::io::unix::AsyncFd<KernelLog>> {
+    let log = KernelLog::open(&agent.kernel.pins, agent.kernel.mode).and_then(|log| {
+        let interest = tokio::io::Interest::READABLE;
+        // SAFETY: the ring buffer's fd is owned by `log`, which the AsyncFd owns and drops
+        // after deregistering it.
+        unsafe { tokio::io::unix::AsyncFd::register_with_interest(log, interest) }.map_err(|e| {
+            crate::datapath::DatapathError::Io("watching the kernel program's log".into(), e.into())
+        })
+    });
+    match log {
+        Ok(log) => Some(log),
+        Err(err) => {
+            tracing::warn!("the kernel program's rare events are not logged: {err}");
+            None
+        }
     }
 }
 

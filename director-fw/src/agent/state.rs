@@ -23,6 +23,9 @@ pub struct State {
     pub peers: RuntimePeers,
     #[serde(default)]
     pub rule_slots: RuleSlots,
+    /// The counter row of each interface.
+    #[serde(default)]
+    pub interface_rows: super::rows::InterfaceRows,
     /// `audit on|off`: it holds across reloads and restarts until the next `audit`.
     #[serde(default)]
     pub audit: Option<bool>,
@@ -132,6 +135,7 @@ mod tests {
             rule_slots: RuleSlots::default().assign(&policy).table,
             audit: Some(true),
             pending: None,
+            interface_rows: [("eth1".into(), 1)].into(),
         };
         state.save(&path).unwrap();
         assert_eq!(State::load(&path).unwrap(), state);

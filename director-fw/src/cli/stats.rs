@@ -73,7 +73,10 @@ fn lines(instance: &Instance, interval: Duration, json: bool) -> Result<()> {
             for r in &rows {
                 writeln!(
                     out,
-                    "{time} {} {}{} packets={} bytes={} pps={:.1} bps={:.1}",
+                    "{time} {}{} {}{} packets={} bytes={} pps={:.1} bps={:.1}",
+                    r.interface
+                        .as_ref()
+                        .map_or(String::new(), |i| format!("interface={i} ")),
                     r.section,
                     r.name,
                     if r.audit { " (audit)" } else { "" },

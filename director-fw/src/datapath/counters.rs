@@ -1,40 +1,133 @@
-//! The per-CPU counter map: one slot per pass kind, drop reason and rule (see
-//! `director_fw_common::verdict`).
+//! The per-CPU counter maps: one slot per rule, and a row per interface of every verdict (see
+//! `director_fw_common::verdict` and `director_fw_common::interfaces`).
 
-use aya::maps::{Map, PerCpuArray};
-use director_fw_common::Counter;
+use aya::maps::{Array, Map, PerCpuArray};
+use director_fw_common::{
+    interfaces::{
+        interface_counter, InterfaceRow, InterfaceRows, ANY_RULE, IFINDEX_LIMIT, INTERFACE_ROWS,
+        INTERFACE_SLOTS,
+    },
+    maps, Counter,
+};
 
-use super::{on_every_cpu, DatapathError};
+use super::{attach::interface_index, on_every_cpu, per_cpu, DatapathError};
 
 pub struct Counters {
-    map: Map,
+    rules: Map,
+    interfaces: Map,
+    rows: Map,
 }
 
 impl Counters {
-    pub(super) fn new(map: Map) -> Counters {
-        Counters { map }
+    pub(super) fn open(
+        take: &mut dyn FnMut(&'static str) -> Result<Map, DatapathError>,
+    ) -> Result<Counters, DatapathError> {
+        Ok(Counters {
+            rules: take(maps::COUNTERS)?,
+            interfaces: take(maps::IFACE_COUNTERS)?,
+            rows: take(maps::IFACE_ROWS)?,
+        })
     }
 
-    pub(super) fn map(&self) -> &Map {
-        &self.map
+    pub(super) fn maps(&self) -> [(&'static str, &Map); 3] {
+        [
+            (maps::COUNTERS, &self.rules),
+            (maps::IFACE_COUNTERS, &self.interfaces),
+            (maps::IFACE_ROWS, &self.rows),
+        ]
     }
 
-    /// Packets and bytes of one slot, summed over CPUs.
-    pub fn get(&self, slot: u32) -> Result<Counter, DatapathError> {
-        let array: PerCpuArray<_, Counter> = PerCpuArray::try_from(&self.map)?;
-        Ok(array
-            .get(&slot, 0)?
-            .iter()
-            .fold(Counter::default(), |acc, c| Counter {
-                packets: acc.packets + c.packets,
-                bytes: acc.bytes + c.bytes,
-            }))
+    /// Packets and bytes of one rule's counter slot, summed over CPUs.
+    pub fn rule(&self, slot: u32) -> Result<Counter, DatapathError> {
+        let array: PerCpuArray<_, Counter> = PerCpuArray::try_from(&self.rules)?;
+        Ok(sum(array.get(&slot, 0)?.iter()))
     }
 
-    /// Sets a slot to zero on every CPU: a rule that is new to the policy starts from zero.
-    pub fn zero(&mut self, slot: u32) -> Result<(), DatapathError> {
-        let mut array: PerCpuArray<_, Counter> = PerCpuArray::try_from(&mut self.map)?;
+    /// Packets and bytes of a verdict slot (`Verdict::slot`), summed over CPUs and, for a
+    /// verdict without a rule, over interfaces.
+    pub fn total(&self, slot: u32) -> Result<Counter, DatapathError> {
+        if slot >= ANY_RULE {
+            return self.rule(slot);
+        }
+        let array: PerCpuArray<_, Counter> = PerCpuArray::try_from(&self.interfaces)?;
+        let mut total = Counter::default();
+        for row in 0..INTERFACE_ROWS {
+            let counts = array.get(&interface_counter(row, slot), 0)?;
+            total = sum([total].iter().chain(counts.iter()));
+        }
+        Ok(total)
+    }
+
+    /// Sets a rule slot to zero on every CPU: a rule that is new to the policy starts from zero.
+    pub fn zero_rule(&mut self, slot: u32) -> Result<(), DatapathError> {
+        let mut array: PerCpuArray<_, Counter> = PerCpuArray::try_from(&mut self.rules)?;
         array.set(slot, on_every_cpu(Counter::default())?, 0)?;
         Ok(())
     }
+
+    /// One interface row, summed over CPUs.
+    pub fn row(&self, row: u8) -> Result<InterfaceRow, DatapathError> {
+        let array: PerCpuArray<_, Counter> = PerCpuArray::try_from(&self.interfaces)?;
+        let mut out = [Counter::default(); INTERFACE_SLOTS as usize];
+        for (slot, counter) in (0..INTERFACE_SLOTS).zip(&mut out) {
+            let index = interface_counter(u32::from(row), slot);
+            *counter = sum(array.get(&index, 0)?.iter());
+        }
+        Ok(out)
+    }
+
+    /// Points each interface of `assigned` (that exists now) at its row, every other ifindex
+    /// at row 0. The rows are one value, written in one update. Returns the interfaces whose
+    /// ifindex is too large to have a row.
+    pub fn assign_rows<'a>(
+        &mut self,
+        assigned: impl IntoIterator<Item = (&'a str, u8)>,
+    ) -> Result<Vec<&'a str>, DatapathError> {
+        let mut rows = Box::new(InterfaceRows([0; IFINDEX_LIMIT]));
+        let mut too_large = Vec::new();
+        for (iface, row) in assigned {
+            match interface_index(iface) {
+                0 => {}
+                ifindex => match rows.0.get_mut(ifindex as usize) {
+                    Some(entry) => *entry = row,
+                    None => too_large.push(iface),
+                },
+            }
+        }
+        let mut array: Array<_, InterfaceRows> = Array::try_from(&mut self.rows)?;
+        array.set(0, rows.as_ref(), 0)?;
+        Ok(too_large)
+    }
+
+    /// Adds every row but `keep` (and row 0) into row 0 and zeroes it, so that a row an
+    /// interface no longer has is free for another, and the totals over rows never go down.
+    pub fn fold_rows_except(&mut self, keep: &[u8]) -> Result<(), DatapathError> {
+        let mut array: PerCpuArray<_, Counter> = PerCpuArray::try_from(&mut self.interfaces)?;
+        for row in (1..INTERFACE_ROWS).filter(|r| !keep.iter().any(|&k| u32::from(k) == *r)) {
+            for slot in 0..INTERFACE_SLOTS {
+                let index = interface_counter(row, slot);
+                let counts = array.get(&index, 0)?;
+                if counts.iter().all(|c| c.packets == 0 && c.bytes == 0) {
+                    continue;
+                }
+                let into = interface_counter(0, slot);
+                let folded: Vec<Counter> = array
+                    .get(&into, 0)?
+                    .iter()
+                    .zip(counts.iter())
+                    .map(|(a, b)| sum([a, b].into_iter()))
+                    .collect();
+                array.set(into, per_cpu(folded)?, 0)?;
+                array.set(index, on_every_cpu(Counter::default())?, 0)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn sum<'a>(counters: impl Iterator<Item = &'a Counter>) -> Counter {
+    counters.fold(Counter::default(), |acc, c| Counter {
+        packets: acc.packets + c.packets,
+        bytes: acc.bytes + c.bytes,
+    })
 }

@@ -181,7 +181,7 @@ impl Datapath {
         let state = StateMaps {
             flows: take(maps::FLOWS)?,
             frags: take(maps::FRAGS)?,
-            counters: Counters::new(take(maps::COUNTERS)?),
+            counters: Counters::open(&mut take)?,
             events: [
                 (maps::EVENTS, take(maps::EVENTS)?),
                 (maps::EVENT_BUDGET, take(maps::EVENT_BUDGET)?),

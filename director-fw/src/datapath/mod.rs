@@ -5,13 +5,14 @@
 //!   and `detach`;
 //! - `swap`: the one seam through which a live policy changes (a generation switch);
 //! - `counters`: reading and zeroing counter slots; `events`: the drop events' ring buffer,
-//!   budget and counts;
+//!   budget and counts; `logs`: the kernel program's rare events;
 //! - `testrun`: running the programs on test packets (BPF_PROG_TEST_RUN).
 
 mod attach;
 mod counters;
 mod events;
 mod load;
+mod logs;
 mod mmap;
 mod pins;
 mod swap;
@@ -21,6 +22,7 @@ pub use attach::AttachMode;
 pub use counters::Counters;
 pub use events::{DropEvents, EventCounts};
 pub use load::{object_id, Capacity, Datapath, Programs, OBJECT};
+pub use logs::KernelLog;
 pub use pins::{detach, Adopted, LinkPin, Pins};
 pub use swap::{Installed, PolicyMaps, Snapshot};
 pub use testrun::PinnedProgram;

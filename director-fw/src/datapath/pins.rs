@@ -25,6 +25,7 @@ use aya::{
 };
 use director_fw_common::{
     events::{EVENTS_BYTES, EVENT_STATS_SLOTS},
+    interfaces::{InterfaceRows, INTERFACE_COUNTERS},
     maps,
     verdict::COUNTER_SLOTS,
     Counter, FlowKey, FlowState, FragKey, FragState,
@@ -241,6 +242,20 @@ impl Pins {
                 size_of::<Counter>(),
                 Some(COUNTER_SLOTS),
             ),
+            (
+                maps::IFACE_COUNTERS,
+                MapType::PerCpuArray,
+                4,
+                size_of::<Counter>(),
+                Some(INTERFACE_COUNTERS),
+            ),
+            (
+                maps::IFACE_ROWS,
+                MapType::Array,
+                4,
+                size_of::<InterfaceRows>(),
+                Some(1),
+            ),
             (maps::EVENTS, MapType::RingBuf, 0, 0, Some(EVENTS_BYTES)),
             (maps::EVENT_BUDGET, MapType::PerCpuArray, 4, 4, Some(1)),
             (
@@ -295,7 +310,7 @@ impl Pins {
         let policy = PolicyMaps::adopt(&mut |name| self.open(name))?;
         Ok(Some(Adopted {
             policy,
-            counters: Counters::new(self.open(maps::COUNTERS)?),
+            counters: Counters::open(&mut |name| self.open(name))?,
         }))
     }
 
@@ -387,13 +402,10 @@ impl Pins {
         datapath.policy.pin(self)?;
         let state = &datapath.state;
         let events = state.events.iter().map(|(name, map)| (*name, map));
-        for (name, map) in [
-            (maps::FLOWS, &state.flows),
-            (maps::FRAGS, &state.frags),
-            (maps::COUNTERS, state.counters.map()),
-        ]
-        .into_iter()
-        .chain(events)
+        for (name, map) in [(maps::FLOWS, &state.flows), (maps::FRAGS, &state.frags)]
+            .into_iter()
+            .chain(state.counters.maps())
+            .chain(events)
         {
             if !self.map(name).exists() {
                 data(map)?.pin(self.map(name))?;

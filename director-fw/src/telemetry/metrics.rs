@@ -1,6 +1,6 @@
 //! The Prometheus exposition of a snapshot (`run --metrics ADDR`, `GET /metrics`), through
-//! prometheus-client. Labels name rules, reasons, kinds and roles, never addresses, so their
-//! number stays bounded by the policy.
+//! prometheus-client. Labels name rules, reasons, kinds, roles and the attached interfaces,
+//! never addresses, so their number stays bounded by the policy and the command line.
 
 use prometheus_client::{
     encoding::{text::encode, EncodeLabelSet},
@@ -40,6 +40,19 @@ struct DropLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InterfaceDropLabels {
+    interface: String,
+    reason: String,
+    audit: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InterfaceKindLabels {
+    interface: String,
     kind: String,
 }
 
@@ -113,6 +126,37 @@ pub fn render(snapshot: &Snapshot<'_>) -> String {
         };
         packets.get_or_create(&label).inc_by(p.packets);
         bytes.get_or_create(&label).inc_by(p.bytes);
+    }
+    // Per interface in families of their own, so that a sum over a family never counts a
+    // packet twice.
+    let (drop_packets, drop_bytes) = pair::<InterfaceDropLabels>(
+        &mut registry,
+        "interface_drop",
+        "dropped by interface and reason (audit as above)",
+    );
+    let (pass_packets, pass_bytes) = pair::<InterfaceKindLabels>(
+        &mut registry,
+        "interface_pass",
+        "passed by interface and kind (kind=\"rule\": by any rule)",
+    );
+    for i in &snapshot.stats.by_interface {
+        for d in &i.drops {
+            let label = InterfaceDropLabels {
+                interface: i.interface.clone(),
+                reason: d.reason.clone(),
+                audit: d.audit.to_string(),
+            };
+            drop_packets.get_or_create(&label).inc_by(d.packets);
+            drop_bytes.get_or_create(&label).inc_by(d.bytes);
+        }
+        for p in &i.passes {
+            let label = InterfaceKindLabels {
+                interface: i.interface.clone(),
+                kind: p.kind.clone(),
+            };
+            pass_packets.get_or_create(&label).inc_by(p.packets);
+            pass_bytes.get_or_create(&label).inc_by(p.bytes);
+        }
     }
 
     let gauge = |registry: &mut Registry, name: &str, help: &str, value: i64| {
@@ -195,7 +239,7 @@ pub fn render(snapshot: &Snapshot<'_>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::telemetry::stats::{DropStat, PassStat, RuleStat};
+    use crate::telemetry::stats::{DropStat, InterfaceStat, PassStat, RuleStat};
 
     #[test]
     fn renders_counters_gauges_and_build_info_without_addresses() {
@@ -217,6 +261,20 @@ mod tests {
                 bytes: 900,
             }],
             interfaces: vec!["eth1".into()],
+            by_interface: vec![InterfaceStat {
+                interface: "eth1".into(),
+                passes: vec![PassStat {
+                    kind: "rule".into(),
+                    packets: 7,
+                    bytes: 700,
+                }],
+                drops: vec![DropStat {
+                    reason: "no-rule".into(),
+                    packets: 3,
+                    bytes: 180,
+                    audit: false,
+                }],
+            }],
         };
         let text = render(&Snapshot {
             stats: &stats,
@@ -235,6 +293,8 @@ mod tests {
             "director_fw_rule_bytes_total{rule=\"rp-director-https\"} 700",
             "director_fw_drop_packets_total{reason=\"no-rule\",audit=\"false\"} 3",
             "director_fw_pass_packets_total{kind=\"flow\"} 9",
+            "director_fw_interface_pass_packets_total{interface=\"eth1\",kind=\"rule\"} 7",
+            "director_fw_interface_drop_bytes_total{interface=\"eth1\",reason=\"no-rule\",audit=\"false\"} 180",
             "director_fw_flow_table_entries 5",
             "director_fw_flow_table_capacity 262144",
             "director_fw_peers{role=\"director\"} 2",

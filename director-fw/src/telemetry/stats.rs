@@ -1,6 +1,10 @@
-//! Counters as `stats` shows them: per rule (by id), per pass kind and per drop reason.
+//! Counters as `stats` shows them: per rule (by id), per pass kind and per drop reason, in
+//! total and per interface.
 
-use director_fw_common::{Counter, DropReason, PassKind, Verdict};
+use director_fw_common::{
+    interfaces::{InterfaceRow, ANY_RULE},
+    Counter, DropReason, PassKind, Verdict,
+};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -26,6 +30,22 @@ pub struct PassStat {
     pub bytes: u64,
 }
 
+/// The verdicts of one interface. Rules count for all interfaces together, so here they are
+/// one pass kind, `rule`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct InterfaceStat {
+    /// The interface, or [`OTHER`].
+    pub interface: String,
+    pub passes: Vec<PassStat>,
+    pub drops: Vec<DropStat>,
+}
+
+/// The name under which interfaces without a counter row of their own are counted: ones the
+/// agent no longer attaches.
+pub const OTHER: &str = "(other)";
+/// The pass kind of an interface's passes by any rule.
+pub const RULE_KIND: &str = "rule";
+
 /// `stats --json`, as SPEC section 4 documents it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Stats {
@@ -33,45 +53,80 @@ pub struct Stats {
     pub drops: Vec<DropStat>,
     pub passes: Vec<PassStat>,
     pub interfaces: Vec<String>,
+    /// The same per interface; `drops` and `passes` above are their sums.
+    #[serde(default)]
+    pub by_interface: Vec<InterfaceStat>,
 }
 
-/// Builds the stats from any counter source: `rules` are the rule ids in policy order with
-/// their counter slots.
+/// Builds the stats from the counters: `rules` are the rule ids in policy order with their
+/// counter slots, `rule` reads one, and `rows` are the interfaces' counter rows (see
+/// `director_fw_common::interfaces`), [`OTHER`] included.
 pub fn collect<E>(
     rules: &[(String, u32)],
     interfaces: &[String],
-    mut counter: impl FnMut(u32) -> Result<Counter, E>,
+    rows: &[(String, InterfaceRow)],
+    mut rule: impl FnMut(u32) -> Result<Counter, E>,
 ) -> Result<Stats, E> {
     let mut stats = Stats {
         rules: Vec::new(),
         drops: Vec::new(),
         passes: Vec::new(),
         interfaces: interfaces.to_vec(),
+        by_interface: Vec::new(),
     };
     for (id, slot) in rules {
-        let c = counter(Verdict::Rule(*slot).slot())?;
+        let c = rule(Verdict::Rule(*slot).slot())?;
         stats.rules.push(RuleStat {
             id: id.clone(),
             packets: c.packets,
             bytes: c.bytes,
         });
     }
-    for kind in PassKind::ALL {
-        let c = counter(Verdict::Pass(kind).slot())?;
-        stats.passes.push(PassStat {
-            kind: kind.name().into(),
-            packets: c.packets,
-            bytes: c.bytes,
+    let mut total = [Counter::default(); ANY_RULE as usize + 1];
+    for (_, row) in rows {
+        for (sum, c) in total.iter_mut().zip(row) {
+            sum.packets += c.packets;
+            sum.bytes += c.bytes;
+        }
+    }
+    (stats.passes, stats.drops) = verdicts(&total, false);
+    for (interface, row) in rows {
+        // The row of interfaces no longer attached matters only once it counted something.
+        if interface == OTHER && row.iter().all(|c| c.packets == 0) {
+            continue;
+        }
+        let (passes, drops) = verdicts(row, true);
+        stats.by_interface.push(InterfaceStat {
+            interface: interface.clone(),
+            passes,
+            drops,
         });
     }
+    Ok(stats)
+}
+
+/// The passes without a rule (and with `any_rule`, by any rule) and the drops of one row.
+fn verdicts(row: &InterfaceRow, any_rule: bool) -> (Vec<PassStat>, Vec<DropStat>) {
+    let mut passes: Vec<PassStat> = PassKind::ALL
+        .iter()
+        .map(|&kind| (kind.name(), row[Verdict::Pass(kind).slot() as usize]))
+        .chain(any_rule.then_some((RULE_KIND, row[ANY_RULE as usize])))
+        .map(|(kind, c)| PassStat {
+            kind: kind.into(),
+            packets: c.packets,
+            bytes: c.bytes,
+        })
+        .collect();
+    passes.sort_by_key(|p| p.kind != RULE_KIND);
+    let mut drops = Vec::new();
     for (audit, make) in [(false, Verdict::Drop as fn(_) -> _), (true, Verdict::Audit)] {
         for reason in DropReason::ALL {
-            let c = counter(make(reason).slot())?;
+            let c = row[make(reason).slot() as usize];
             // Audit entries only matter where audit mode counted something.
             if audit && c.packets == 0 {
                 continue;
             }
-            stats.drops.push(DropStat {
+            drops.push(DropStat {
                 reason: reason.name().into(),
                 packets: c.packets,
                 bytes: c.bytes,
@@ -79,7 +134,7 @@ pub fn collect<E>(
             });
         }
     }
-    Ok(stats)
+    (passes, drops)
 }
 
 /// The human-readable table.
@@ -107,6 +162,12 @@ pub fn render(stats: &Stats) -> String {
             d.reason.clone()
         };
         out += &format!("{:<28} {:>14} {:>16}\n", name, d.packets, d.bytes);
+    }
+    out += &format!("\n{:<28} {:>14} {:>16}\n", "INTERFACE", "PASSED", "DROPPED");
+    for i in &stats.by_interface {
+        let passed: u64 = i.passes.iter().map(|p| p.packets).sum();
+        let dropped: u64 = i.drops.iter().filter(|d| !d.audit).map(|d| d.packets).sum();
+        out += &format!("{:<28} {:>14} {:>16}\n", i.interface, passed, dropped);
     }
     out
 }

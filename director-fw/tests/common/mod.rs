@@ -104,7 +104,7 @@ impl Kernel {
     }
 
     pub fn counter(&self, slot: u32) -> Counter {
-        self.datapath.state.counters.get(slot).expect("reads")
+        self.datapath.state.counters.total(slot).expect("reads")
     }
 
     pub fn model(&self) -> Model<'_> {
