@@ -53,6 +53,10 @@
 //!   Figures are medians over rounds with min-max; ratios to no filter and to nftables are
 //!   taken within a round, then the median is reported.
 //!
+//! Then, with director-fw's XDP filter among those measured, the control socket under a flood
+//! (see `flood.rs`): `status` and peer changes through the real agent, idle and while denied
+//! packets arrive at full rate.
+//!
 //! Output: a table on stdout and `target/bench/lab.json`. Options: `--help`.
 
 #[path = "../shared/mod.rs"]
@@ -60,6 +64,7 @@ mod shared;
 
 mod bed;
 mod filters;
+mod flood;
 mod report;
 mod traffic;
 
@@ -97,6 +102,7 @@ use shared::{median, min_max};
 
 use bed::*;
 use filters::*;
+use flood::*;
 use report::*;
 use traffic::*;
 
@@ -223,7 +229,7 @@ fn main() -> Result<()> {
     };
     let policy_text = main_bed.policy_text();
     let mut filters = Filters::new(&object, &policy_text)?;
-    let outcome = (|| -> Result<Results> {
+    let outcome = (|| -> Result<(Results, Option<Flood>)> {
         traffic.attach_sink(&mut main_bed)?;
         if let Some(bed) = ipt_bed.as_mut() {
             traffic.attach_sink(bed)?;
@@ -298,7 +304,16 @@ fn main() -> Result<()> {
                 drop(installed);
             }
         }
-        Ok(results)
+        let flood = if filters_run.contains(&Filter::DfwXdp) {
+            eprintln!("lab bench: the control socket, idle and under a flood of denied packets");
+            Some(
+                control_under_flood(&mut traffic, &main_bed, cpu, &policy_text)
+                    .context("the control socket under a flood")?,
+            )
+        } else {
+            None
+        };
+        Ok((results, flood))
     })();
     traffic.detach_sink(&mut main_bed);
     if let Some(bed) = ipt_bed.as_mut() {
@@ -308,13 +323,17 @@ fn main() -> Result<()> {
     drop(filters);
     drop(ipt_bed);
     drop(main_bed);
-    let results = outcome?;
+    let (results, flood) = outcome?;
 
     print_table(&args, &results);
+    let flood = flood.as_ref().map(flood_report);
+    if let Some((text, _)) = &flood {
+        print!("{text}");
+    }
     for (filter, why) in &skipped {
         println!("skipped {}: {why}", filter.name());
     }
-    let report = report(
+    let mut report = report(
         &args,
         cpu,
         &results,
@@ -326,6 +345,9 @@ fn main() -> Result<()> {
         },
         started.elapsed(),
     );
+    if let Some((_, part)) = flood {
+        report["control_under_flood"] = part;
+    }
     let out = shared::out_path("lab.json");
     if let Some(dir) = out.parent() {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
