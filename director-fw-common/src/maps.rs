@@ -88,6 +88,9 @@ pub const STATE: [&str; 8] = [
 
 /// Name of the `.rodata` global that turns on [`LAST_VERDICT`].
 pub const TRACE_GLOBAL: &str = "TRACE";
+/// Name of the `.rodata` global that picks the flow clock: 1 (the object's value) for
+/// `bpf_ktime_get_coarse_ns`, 0 for `bpf_ktime_get_ns` where the kernel lacks the former.
+pub const COARSE_CLOCK_GLOBAL: &str = "COARSE_CLOCK";
 
 /// Program names in the object.
 pub const XDP_PROGRAM: &str = "director_fw_xdp";

@@ -1,7 +1,7 @@
 //! Flow and fragment tracking. One LRU entry per flow serves both directions; entries expire
 //! by idle time, checked on lookup, and the LRU evicts the oldest when the table is full.
 
-use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
+use aya_ebpf::helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns};
 use director_fw_common::{
     flow::{FLOW_BOTH_FIN, FLOW_FIN_HI, FLOW_FIN_LO, FLOW_RST, REFRESH_GRANULARITY_NS},
     proto, tcp_flags, Config, FlowKey, FlowState, FragKey, FragState,
@@ -13,10 +13,21 @@ use crate::{
     rare::{self, Rare},
 };
 
-/// A coarse clock is enough for timeouts of seconds, and costs less per packet.
+/// Set by the loader (`EbpfLoader::override_global`) to 0 where the kernel lacks
+/// `bpf_ktime_get_coarse_ns` (before 5.11). A constant to the verifier, which removes the
+/// branch not taken, the unknown helper's call with it.
+#[no_mangle]
+static COARSE_CLOCK: aya_ebpf::Global<u8> = aya_ebpf::Global::new(1);
+
+/// A coarse clock is enough for timeouts of seconds, and costs less per packet. Both clocks
+/// are CLOCK_MONOTONIC.
 #[inline(always)]
 pub fn now() -> u64 {
-    unsafe { bpf_ktime_get_coarse_ns() }
+    if COARSE_CLOCK.load() != 0 {
+        unsafe { bpf_ktime_get_coarse_ns() }
+    } else {
+        unsafe { bpf_ktime_get_ns() }
+    }
 }
 
 #[inline(always)]

@@ -621,3 +621,33 @@ fn every_host_of_a_large_policy_is_found_and_no_other_address() {
         }
     }
 }
+
+/// Where the kernel lacks `bpf_ktime_get_coarse_ns` (before 5.11), the loader sets
+/// `COARSE_CLOCK` to 0: both programs then verify with `bpf_ktime_get_ns` alone, the other
+/// branch removed as dead code.
+#[test]
+fn the_programs_verify_with_the_fine_clock() {
+    use aya::programs::{SchedClassifier, Xdp};
+    use director_fw_common::maps;
+    if !root_or_skip("the_programs_verify_with_the_fine_clock") {
+        return;
+    }
+    let mut ebpf = aya::EbpfLoader::new()
+        .override_global(maps::COARSE_CLOCK_GLOBAL, &0u8, true)
+        .load(director_fw::datapath::OBJECT)
+        .expect("the object loads");
+    let xdp: &mut Xdp = ebpf
+        .program_mut(maps::XDP_PROGRAM)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    xdp.load()
+        .expect("the XDP program verifies with the fine clock");
+    let tc: &mut SchedClassifier = ebpf
+        .program_mut(maps::TC_PROGRAM)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    tc.load()
+        .expect("the TC program verifies with the fine clock");
+}

@@ -147,6 +147,9 @@ impl Datapath {
             // Otherwise the object's own value stands (0 in the built-in object).
             loader.override_global(maps::TRACE_GLOBAL, &1u8, true);
         }
+        if !coarse_clock() {
+            loader.override_global(maps::COARSE_CLOCK_GLOBAL, &0u8, true);
+        }
         loader
             .map_max_entries(maps::FLOWS, flow_table_size)
             .map_max_entries(maps::FRAGS, DEFAULT_FRAGS);
@@ -285,4 +288,24 @@ impl Datapath {
             .and_then(|p| p.info().ok())
             .and_then(|info| info.verified_instruction_count())
     }
+}
+
+/// Whether XDP and TC programs may call `bpf_ktime_get_coarse_ns` (Linux 5.11 and later, and
+/// kernels that backported it): probed by loading a program that calls it, not read from the
+/// version. A failed probe counts as no, which costs a finer clock, never a refused load.
+fn coarse_clock() -> bool {
+    use aya::{
+        programs::ProgramType,
+        sys::{is_helper_supported, BpfHelper},
+    };
+    static PROBED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PROBED.get_or_init(|| {
+        let supported = [ProgramType::Xdp, ProgramType::SchedClassifier].iter().all(|&kind| {
+            is_helper_supported(kind, BpfHelper::BPF_FUNC_ktime_get_coarse_ns).unwrap_or(false)
+        });
+        if !supported {
+            tracing::info!("this kernel has no bpf_ktime_get_coarse_ns (Linux 5.11): flows are timed with bpf_ktime_get_ns");
+        }
+        supported
+    })
 }
