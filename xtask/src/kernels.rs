@@ -120,38 +120,21 @@ pub fn run(env: &Env, choices: &[KernelChoice]) -> Result<()> {
     let ci = std::env::var("CI").is_ok_and(|value| value == "true");
     let cache = Cache::open()?;
     let vng = bootstrap::ensure_vm_runner(&cache.root.join("venv"))?;
-    let binaries = build_test_binaries(env)?;
-    let staged = Staged::new(&cache, &binaries, &env.workspace)?;
-    let logs = crate::build::target_dir(env).join("kernel-matrix");
-    fs::create_dir_all(&logs).with_context(|| format!("could not create {}", logs.display()))?;
-
+    // Every kernel is fetched before anything is built, so a missing one fails fast.
     let mut rows = Vec::new();
     for series in select(choices) {
-        let fetch_started = Instant::now();
-        let kernel = match fetch(&cache, series) {
-            Ok(kernel) => kernel,
-            Err(err) if !ci => {
-                eprintln!("xtask: warning: skipping kernel {}: {err:#}", series.version);
-                rows.push(Row::skipped(series, format!("{err:#}")));
-                continue;
+        rows.push(fetch_row(&cache, series, ci)?);
+    }
+    if rows.iter().any(|row| row.kernel.is_some()) {
+        let binaries = build_test_binaries(env)?;
+        let staged = Staged::new(&cache, &binaries, &env.workspace)?;
+        let logs = logs_dir(env)?;
+        for row in &mut rows {
+            if let Some(kernel) = &row.kernel {
+                let log = logs.join(format!("{}.log", kernel.release));
+                row.vm = Some(boot(&vng, &cache, kernel, &staged, &log)?);
             }
-            Err(err) => {
-                return Err(err.context(format!(
-                    "kernel {} cannot be tested (CI=true: a kernel that cannot be fetched fails the run)",
-                    series.version
-                )))
-            }
-        };
-        let fetched = (!kernel.was_cached).then(|| fetch_started.elapsed());
-        let log = logs.join(format!("{}.log", kernel.release));
-        let vm = boot(&vng, &cache, &kernel, &staged, &log)?;
-        rows.push(Row {
-            series,
-            release: Some(kernel.release),
-            fetched,
-            vm: Some(vm),
-            skipped: None,
-        });
+        }
     }
 
     eprintln!("{}", render_matrix(&rows));
@@ -164,10 +147,42 @@ pub fn run(env: &Env, choices: &[KernelChoice]) -> Result<()> {
         bail!(
             "the tests failed on kernel {} (guest output in {})",
             failed.join(", "),
-            logs.display()
+            logs_dir(env)?.display()
         );
     }
     Ok(())
+}
+
+/// A matrix row with its kernel fetched, or skipped (outside CI) because it could not be.
+fn fetch_row(cache: &Cache, series: &'static Series, ci: bool) -> Result<Row> {
+    let started = Instant::now();
+    match fetch(cache, series) {
+        Ok(kernel) => Ok(Row {
+            series,
+            fetched: (!kernel.was_cached).then(|| started.elapsed()),
+            kernel: Some(kernel),
+            vm: None,
+            skipped: None,
+        }),
+        Err(err) if !ci => {
+            eprintln!(
+                "xtask: warning: skipping kernel {}: {err:#}",
+                series.version
+            );
+            Ok(Row::skipped(series, format!("{err:#}")))
+        }
+        Err(err) => Err(err.context(format!(
+            "kernel {} cannot be tested (CI=true: a kernel that cannot be fetched fails the run)",
+            series.version
+        ))),
+    }
+}
+
+/// `target/kernel-matrix`, where each VM's output is saved as `RELEASE.log`.
+fn logs_dir(env: &Env) -> Result<PathBuf> {
+    let logs = crate::build::target_dir(env).join("kernel-matrix");
+    fs::create_dir_all(&logs).with_context(|| format!("could not create {}", logs.display()))?;
+    Ok(logs)
 }
 
 /// The kernel cache: extracted kernels, the private bullseye apt state, virtme-ng's venv and
@@ -371,6 +386,9 @@ fn try_download(apt: &Apt, series: &Series, dir: &Path) -> Result<(String, PathB
     eprintln!("xtask: downloading {package}");
     process::run(
         apt.command("apt-get")
+            // The download folder is root's; without this apt warns that its `_apt` user
+            // cannot write there, which reads like an error in a CI log.
+            .args(["-o", "APT::Sandbox::User=root"])
             .args(["-q", "download", &package])
             .current_dir(dir),
     )
@@ -750,7 +768,7 @@ fn parse_result(text: &str) -> Option<(String, Outcome)> {
 /// One line of the matrix.
 struct Row {
     series: &'static Series,
-    release: Option<String>,
+    kernel: Option<Kernel>,
     /// How long fetching took; None when the kernel was cached.
     fetched: Option<Duration>,
     vm: Option<VmRun>,
@@ -762,7 +780,7 @@ impl Row {
     fn skipped(series: &'static Series, why: String) -> Row {
         Row {
             series,
-            release: None,
+            kernel: None,
             fetched: None,
             vm: None,
             skipped: Some(why),
@@ -790,7 +808,10 @@ fn render_matrix(rows: &[Row]) -> String {
     }
     let _ = writeln!(text, " {:<8} fetch", "VM run");
     for row in rows {
-        let release = row.release.as_deref().unwrap_or(row.series.version);
+        let release = row
+            .kernel
+            .as_ref()
+            .map_or(row.series.version, |kernel| kernel.release.as_str());
         let _ = write!(text, "  {release:<24}");
         match (&row.vm, &row.skipped) {
             (Some(vm), _) => {
@@ -823,6 +844,8 @@ fn render_matrix(rows: &[Row]) -> String {
 fn cell(outcome: Option<&Outcome>) -> String {
     match outcome {
         Some(outcome) if outcome.passed => format!("pass {} s", outcome.took.as_secs()),
+        // `timeout`'s status: the binary hit BINARY_TIMEOUT.
+        Some(outcome) if outcome.exit == 124 => format!("TIMEOUT {} s", outcome.took.as_secs()),
         Some(outcome) => format!("FAIL {} s", outcome.took.as_secs()),
         None => "NO RESULT".to_owned(),
     }
@@ -1038,7 +1061,11 @@ not json
         };
         let row = |results: &[(&str, bool)]| Row {
             series: series("6.1"),
-            release: Some("6.1.0-57-amd64".to_owned()),
+            kernel: Some(Kernel {
+                release: "6.1.0-57-amd64".to_owned(),
+                dir: PathBuf::from("/cache/kernels/6.1.0-57-amd64"),
+                was_cached: true,
+            }),
             fetched: None,
             vm: Some(VmRun {
                 took: Duration::from_secs(200),
@@ -1059,6 +1086,13 @@ not json
         assert!(matrix.contains("6.1.0-57-amd64"), "{matrix}");
         assert!(matrix.contains("pass 3 s"), "{matrix}");
         assert!(matrix.contains("SKIPPED: offline"), "{matrix}");
+        let timed_out = Outcome {
+            passed: false,
+            exit: 124,
+            took: Duration::from_secs(420),
+        };
+        assert_eq!(cell(Some(&timed_out)), "TIMEOUT 420 s");
+        assert_eq!(cell(None), "NO RESULT");
     }
 
     #[test]
