@@ -612,7 +612,9 @@ failed=0
 for name in {binaries}; do
     echo "director-fw-vm: running $name"
     start=$(date +%s%N)
-    timeout --kill-after=10 {timeout} {bin_dir}/"$name" --test-threads=1
+    # --nocapture: a binary stopped by the timeout never prints its failures summary, so
+    # each test's output and panic must appear as it happens.
+    timeout --kill-after=10 {timeout} {bin_dir}/"$name" --test-threads=1 --nocapture
     code=$?
     ms=$(( ($(date +%s%N) - start) / 1000000 ))
     if [ "$code" -eq 0 ]; then verdict=PASS; else verdict=FAIL; failed=1; fi
@@ -1101,6 +1103,7 @@ not json
         assert!(script.contains("for name in kernel differential lab; do"));
         assert!(script.contains(&format!("echo \"{RESULT_MARK}$name $verdict")));
         assert!(script.contains("DIRECTOR_FW_DIFFERENTIAL_PACKETS=20000"));
+        assert!(script.contains("\"$name\" --test-threads=1 --nocapture"));
         assert!(script.contains("cd '/w/director-fw'"));
         assert_eq!(shell_quote("a'b"), r"'a'\''b'");
     }
