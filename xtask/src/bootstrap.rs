@@ -255,7 +255,8 @@ fn llvm_link_name(file_names: &[String], major: u32) -> Option<String> {
     found.first().map(|name| (*name).to_owned())
 }
 
-fn list_dir(dir: &Path) -> Result<Vec<String>> {
+/// The names of the entries of `dir`.
+pub fn list_dir(dir: &Path) -> Result<Vec<String>> {
     let entries = fs::read_dir(dir).with_context(|| format!("could not list {}", dir.display()))?;
     let mut names = Vec::new();
     for entry in entries {

@@ -235,7 +235,7 @@ impl Kernel {
 
 /// The newest cached kernel of `series`, or the newest one apt offers, downloaded and extracted.
 fn fetch(cache: &Cache, series: &Series) -> Result<Kernel> {
-    let cached = list_dir_names(&cache.kernels())?;
+    let cached = bootstrap::list_dir(&cache.kernels())?;
     if let Some(release) = newest_cached(series, &cached) {
         let dir = cache.kernels().join(&release);
         return Ok(Kernel {
@@ -394,7 +394,7 @@ fn try_download(apt: &Apt, series: &Series, dir: &Path) -> Result<(String, PathB
     )
     .with_context(|| format!("could not download {package}"))?;
     let prefix = format!("{package}_");
-    let deb = list_dir_names(dir)?
+    let deb = bootstrap::list_dir(dir)?
         .into_iter()
         .find(|name| name.starts_with(&prefix) && name.ends_with(".deb"))
         .with_context(|| {
@@ -497,16 +497,6 @@ fn version_key(name: &str) -> Vec<u64> {
         .filter(|run| !run.is_empty())
         .filter_map(|run| run.parse().ok())
         .collect()
-}
-
-fn list_dir_names(dir: &Path) -> Result<Vec<String>> {
-    let entries = fs::read_dir(dir).with_context(|| format!("could not list {}", dir.display()))?;
-    let mut names = Vec::new();
-    for entry in entries {
-        let entry = entry.with_context(|| format!("could not list {}", dir.display()))?;
-        names.push(entry.file_name().to_string_lossy().into_owned());
-    }
-    Ok(names)
 }
 
 /// Builds the VM's test binaries once, in release (the debug differential test did not
