@@ -8,6 +8,7 @@ use std::ffi::OsString;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{bail, Context, Result};
 
@@ -37,7 +38,28 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "systemd",
 ];
 
+/// Debian packages for booting other kernels under qemu, installed only when a kernel run is
+/// asked for. busybox-static, kmod, cpio and file build virtme-ng's guest; without `udev` the
+/// guest has no virtio ports and vng fails with "cannot find script I/O ports";
+/// `python3-venv` holds virtme-ng, which Debian does not package.
+const VM_DEBIAN_PACKAGES: &[&str] = &[
+    "qemu-system-x86",
+    "busybox-static",
+    "kmod",
+    "xz-utils",
+    "cpio",
+    "udev",
+    "file",
+    "python3-venv",
+];
+
+/// virtme-ng from PyPI: 1.42 is the release the kernel recipe (shared/KERNELS.md) verified.
+const VIRTME_NG: &str = "virtme-ng==1.42";
+
 const BPFFS: &str = "/sys/fs/bpf";
+
+/// Set once `apt-get update` has run in this process, so a run never refreshes twice.
+static APT_UPDATED: AtomicBool = AtomicBool::new(false);
 
 /// What later steps need to know about the prepared machine.
 pub struct Env {
@@ -233,7 +255,8 @@ fn llvm_link_name(file_names: &[String], major: u32) -> Option<String> {
     found.first().map(|name| (*name).to_owned())
 }
 
-fn list_dir(dir: &Path) -> Result<Vec<String>> {
+/// The names of the entries of `dir`.
+pub fn list_dir(dir: &Path) -> Result<Vec<String>> {
     let entries = fs::read_dir(dir).with_context(|| format!("could not list {}", dir.display()))?;
     let mut names = Vec::new();
     for entry in entries {
@@ -330,8 +353,14 @@ fn ldd_llvm_path(ldd: &str) -> Option<&str> {
 }
 
 fn ensure_debian_packages() -> Result<()> {
+    ensure_packages(DEBIAN_PACKAGES).context("could not install the Debian packages the tests need")
+}
+
+/// Installs the packages of `packages` that are missing, refreshing the lists first (at most
+/// once per run).
+fn ensure_packages(packages: &[&str]) -> Result<()> {
     let mut missing = Vec::new();
-    for package in DEBIAN_PACKAGES {
+    for package in packages {
         let status = Command::new("dpkg-query")
             .args(["-W", "-f=${Status}", package])
             .output()
@@ -347,18 +376,58 @@ fn ensure_debian_packages() -> Result<()> {
         return Ok(());
     }
     eprintln!("xtask: installing Debian packages: {}", missing.join(" "));
-    process::run(
-        Command::new("apt-get")
-            .args(["-q", "update"])
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )?;
+    apt_update_once()?;
     process::run(
         Command::new("apt-get")
             .args(["-q", "install", "-y"])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
-    .context("could not install the Debian packages the tests need")
+}
+
+/// `apt-get update` of the system's lists, the first time it is called in this process only.
+pub fn apt_update_once() -> Result<()> {
+    if APT_UPDATED.swap(true, Ordering::SeqCst) {
+        return Ok(());
+    }
+    process::run(
+        Command::new("apt-get")
+            .args(["-q", "update"])
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+    .context("could not refresh the system's package lists")
+}
+
+/// Installs what booting a kernel under qemu needs and returns the `vng` to run.
+///
+/// virtme-ng goes into its own venv, made by Debian's python3 rather than whatever `python3`
+/// is first on PATH, so the system's Python packages stay untouched (Debian refuses a plain
+/// `pip install` there anyway). A stamp records the pinned version.
+pub fn ensure_vm_runner(venv: &Path) -> Result<PathBuf> {
+    ensure_packages(VM_DEBIAN_PACKAGES)
+        .context("could not install the Debian packages that boot kernels under qemu")?;
+    let vng = venv.join("bin").join("vng");
+    let stamp_path = venv.join("director-fw-stamp");
+    if vng.is_file() && fs::read_to_string(&stamp_path).ok().as_deref() == Some(VIRTME_NG) {
+        return Ok(vng);
+    }
+    eprintln!("xtask: installing {VIRTME_NG} into {}", venv.display());
+    process::run(
+        Command::new("/usr/bin/python3")
+            .args(["-m", "venv", "--clear"])
+            .arg(venv),
+    )
+    .context("could not create the venv for virtme-ng")?;
+    process::run(
+        Command::new(venv.join("bin").join("pip")).args(["install", "--quiet", VIRTME_NG]),
+    )
+    .with_context(|| format!("could not install {VIRTME_NG}"))?;
+    if !vng.is_file() {
+        bail!("{VIRTME_NG} installed no {}", vng.display());
+    }
+    fs::write(&stamp_path, VIRTME_NG)
+        .with_context(|| format!("could not write {}", stamp_path.display()))?;
+    Ok(vng)
 }
 
 fn ensure_bpffs() -> Result<()> {

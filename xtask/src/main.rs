@@ -7,6 +7,7 @@ mod bench;
 mod bootstrap;
 mod build;
 mod demo;
+mod kernels;
 mod package;
 mod test;
 
@@ -36,7 +37,14 @@ enum Command {
         args: Vec<String>,
     },
     /// Formatting, clippy (user and eBPF side) and the whole test suite, stopping at the first failure.
-    Test,
+    ///
+    /// With `--kernel`, instead: the kernel, differential and lab tests inside qemu VMs booted
+    /// with Debian's own kernels, and a matrix of the results.
+    Test {
+        /// Run in a VM with this Debian kernel: 5.10, 6.1, 6.12, or all (repeatable).
+        #[arg(long = "kernel", value_name = "VERSION", value_parser = kernels::parse_choice)]
+        kernels: Vec<kernels::KernelChoice>,
+    },
     /// Build, then run the lab demo.
     Demo,
     /// Build, then make the Debian package (target/package/) and verify it.
@@ -68,7 +76,8 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             build::release(&env)?;
             build::exec_agent(&env, &args)
         }
-        Command::Test => test::run(&env),
+        Command::Test { kernels } if kernels.is_empty() => test::run(&env),
+        Command::Test { kernels } => kernels::run(&env, &kernels),
         Command::Demo => {
             build::release(&env)?;
             demo::run(&[])
@@ -155,6 +164,20 @@ mod tests {
             Ok(Command::Run { args }) => assert_eq!(args, ["--config", "fw.toml", "-v"]),
             _ => panic!("`run -- ARGS` did not parse as Run"),
         }
+    }
+
+    #[test]
+    fn test_takes_repeated_kernels() {
+        match Cli::try_parse_from(["xtask", "test"]).map(|cli| cli.command) {
+            Ok(Command::Test { kernels }) => assert!(kernels.is_empty()),
+            _ => panic!("`test` did not parse as Test"),
+        }
+        let cli = Cli::try_parse_from(["xtask", "test", "--kernel", "6.1", "--kernel", "all"]);
+        match cli.map(|cli| cli.command) {
+            Ok(Command::Test { kernels }) => assert_eq!(kernels.len(), 2),
+            _ => panic!("`test --kernel 6.1 --kernel all` did not parse as Test"),
+        }
+        assert!(Cli::try_parse_from(["xtask", "test", "--kernel", "4.19"]).is_err());
     }
 
     #[test]
