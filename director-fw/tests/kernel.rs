@@ -651,3 +651,76 @@ fn the_programs_verify_with_the_fine_clock() {
     tc.load()
         .expect("the TC program verifies with the fine clock");
 }
+
+/// Every built-in profile, in the kernel: each rule's ports pass from its source role and open
+/// a flow; the ports next to them and every other role (and an address in no role) are
+/// dropped, unless another rule of the profile opens them. One host per role, IPv4 and IPv6.
+#[test]
+fn every_profile_passes_its_rules_and_nothing_next_to_them() {
+    use director_fw::policy::profile;
+    if !root_or_skip("every_profile_passes_its_rules_and_nothing_next_to_them") {
+        return;
+    }
+    let host = |role: Option<usize>, v6: bool| -> IpAddr {
+        let n = role.map_or(99, |r| 10 + r as u16);
+        if v6 {
+            IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xf000 + n, 0, 0, 0, 0, 0x10))
+        } else {
+            IpAddr::V4(Ipv4Addr::new(198, 19, n as u8, 10))
+        }
+    };
+    for profile in profile::all() {
+        let mut text = format!("profile = {:?}\n[peers]\n", profile.name);
+        for (i, role) in profile.roles.iter().enumerate() {
+            text += &format!(
+                "{role} = [\"{}\", \"{}\"]\n",
+                host(Some(i), false),
+                host(Some(i), true)
+            );
+        }
+        let policy = Policy::from_toml(&profile.name, &text).unwrap();
+        let mut k = Kernel::load(policy);
+        let rules = k.policy.rules.clone();
+        // Every role, and an address in none.
+        let everyone: Vec<Option<usize>> =
+            (0..profile.roles.len()).map(Some).chain([None]).collect();
+        let allowed = |from: Option<usize>, to: usize, port: u16| {
+            rules.iter().position(|r| {
+                r.to == to
+                    && r.matches_port(port)
+                    && match r.from {
+                        Source::Any => true,
+                        Source::Role(s) => Some(s) == from,
+                    }
+            })
+        };
+        for v6 in [false, true] {
+            for rule in &rules {
+                let (first, last) = (*rule.ports[0].start(), *rule.ports[0].end());
+                for &from in &everyone {
+                    for port in [first - 1, first, last, last + 1] {
+                        k.datapath.clear_flows().unwrap();
+                        let frame = Frame::tcp(
+                            host(from, v6),
+                            40000,
+                            host(Some(rule.to), v6),
+                            port,
+                            TCP_SYN,
+                        );
+                        let expected = match allowed(from, rule.to, port) {
+                            Some(index) => Verdict::Rule(index as u32),
+                            None => NO_RULE,
+                        };
+                        assert_eq!(
+                            k.judge(&frame.bytes()),
+                            expected,
+                            "{}: {} from {from:?} to port {port}, v6={v6}",
+                            profile.name,
+                            rule.id
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

@@ -14,12 +14,11 @@ use ipnet::IpNet;
 use crate::{
     compile::{Incremental, NeedsFull},
     control::protocol::{
-        Change, Drops, PendingConfirm, PolicySource, PolicyView, Request, Response, RuleView,
-        Status,
+        Change, Drops, PendingConfirm, PolicySource, PolicyView, Request, Response, Status,
     },
     datapath::{DatapathError, DropEvents, EventCounts},
     explain,
-    policy::{format_ports, profile, Peer, PeerEntry, RoleId, RuntimePeers},
+    policy::{Peer, PeerEntry, RoleId, RuntimePeers},
     telemetry::{metrics, stats},
 };
 
@@ -393,29 +392,10 @@ impl Agent {
     }
 
     fn view(&self) -> PolicyView {
-        let p = &self.effective;
-        PolicyView {
-            source: p.source.clone(),
-            rules: p
-                .rules
-                .iter()
-                .map(|r| RuleView {
-                    id: r.id.clone(),
-                    from: p.source_name(r.from).into(),
-                    to: p.role_name(r.to).into(),
-                    proto: r.protocol.name().into(),
-                    ports: format_ports(&r.ports),
-                    origin: r.origin.clone(),
-                })
-                .collect(),
-            options: p.options.clone(),
-            peers: self.state.peers.list(&self.source.policy, None),
-            notes: p
-                .profile
-                .iter()
-                .map(|_| profile::ANOMALY_NOTE.to_string())
-                .collect(),
-        }
+        PolicyView::new(
+            &self.effective,
+            self.state.peers.list(&self.source.policy, None),
+        )
     }
 
     /// The Prometheus text of this moment.

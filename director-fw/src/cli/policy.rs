@@ -3,8 +3,9 @@ use std::path::PathBuf;
 use anyhow::Result;
 use director_fw::{
     compile,
-    control::{Request, Response},
+    control::{protocol::PolicyView, Request, Response},
     instance::Instance,
+    policy::profile,
     Policy,
 };
 
@@ -12,8 +13,17 @@ use director_fw::{
 pub enum Command {
     /// Validate a policy file and report what it compiles to; changes nothing.
     Check { file: PathBuf },
-    /// The policy in force: rules, options and peers, from the running agent.
+    /// The policy in force: rules with their sources, options, peers and the profile's
+    /// documented choices, from the running agent; with --profile, a built-in profile's.
     Show {
+        #[arg(long)]
+        json: bool,
+        /// A built-in profile instead of the policy in force (needs no agent).
+        #[arg(long, value_name = "NAME")]
+        profile: Option<String>,
+    },
+    /// The built-in profiles and the pages they come from (needs no agent).
+    Profiles {
         #[arg(long)]
         json: bool,
     },
@@ -60,34 +70,84 @@ pub fn run(instance: &Instance, command: Command) -> Result<()> {
             )?)
         }
         Command::Confirm => super::print_change(super::call(instance, Request::PolicyConfirm)?),
-        Command::Show { json } => {
-            let view = match super::call(instance, Request::PolicyShow)? {
-                Response::Policy(view) => view,
-                other => return Err(super::unexpected(other)),
+        Command::Show { json, profile } => {
+            let view = match profile {
+                Some(name) => {
+                    let Some(profile) = profile::find(&name) else {
+                        anyhow::bail!(
+                            "no built-in profile {name:?}; the built-in profiles are {}",
+                            profile::names()
+                        );
+                    };
+                    PolicyView::new(&profile.policy(), Vec::new())
+                }
+                None => match super::call(instance, Request::PolicyShow)? {
+                    Response::Policy(view) => view,
+                    other => return Err(super::unexpected(other)),
+                },
             };
             if json {
                 println!("{}", serde_json::to_string_pretty(&view)?);
+            } else {
+                print!("{}", render(&view));
+            }
+            Ok(())
+        }
+        Command::Profiles { json } => {
+            if json {
+                let list: Vec<_> = profile::all()
+                    .iter()
+                    .map(|p| {
+                        serde_json::json!({
+                            "name": p.name,
+                            "product": p.product,
+                            "title": p.title,
+                            "page": p.page,
+                            "roles": p.roles,
+                            "rules": p.policy().rules.len(),
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&list)?);
                 return Ok(());
             }
-            println!("policy: {}", view.source);
-            println!(
-                "{:<24} {:<18} {:<16} {:<6} {:<12} ORIGIN",
-                "ID", "FROM", "TO", "PROTO", "PORTS"
-            );
-            for r in &view.rules {
+            for p in profile::all() {
                 println!(
-                    "{:<24} {:<18} {:<16} {:<6} {:<12} {}",
-                    r.id, r.from, r.to, r.proto, r.ports, r.origin
+                    "{:<34} {} rules, {}: {}
+{:<34} {}",
+                    p.name,
+                    p.policy().rules.len(),
+                    p.product,
+                    p.title,
+                    "",
+                    p.page
                 );
-            }
-            println!("\n{:<20} {:<44} SOURCE", "ROLE", "PEER");
-            for p in &view.peers {
-                println!("{:<20} {:<44} {}", p.role, p.cidr, p.source);
-            }
-            for note in &view.notes {
-                println!("\n{note}");
             }
             Ok(())
         }
     }
+}
+
+/// `policy show` as text: the rules, each with its source on the line below, the peers and
+/// the documented choices.
+fn render(view: &PolicyView) -> String {
+    let mut out = format!("policy: {}\n", view.source);
+    out += &format!(
+        "{:<24} {:<18} {:<16} {:<6} PORTS\n",
+        "ID", "FROM", "TO", "PROTO"
+    );
+    for r in &view.rules {
+        out += &format!(
+            "{:<24} {:<18} {:<16} {:<6} {}\n{:<24} from {}\n",
+            r.id, r.from, r.to, r.proto, r.ports, "", r.origin
+        );
+    }
+    out += &format!("\n{:<20} {:<44} SOURCE\n", "ROLE", "PEER");
+    for p in &view.peers {
+        out += &format!("{:<20} {:<44} {}\n", p.role, p.cidr, p.source);
+    }
+    for note in &view.notes {
+        out += &format!("\n{note}\n");
+    }
+    out
 }

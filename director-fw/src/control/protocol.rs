@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     explain::{Explanation, Probe},
-    policy::{Options, PeerEntry},
+    policy::{format_ports, profile, Options, PeerEntry, Policy},
     telemetry::stats::Stats,
 };
 
@@ -171,8 +171,37 @@ pub struct PolicyView {
     pub rules: Vec<RuleView>,
     pub options: Options,
     pub peers: Vec<PeerEntry>,
-    /// Notes about the built-in profile's source document, when it is in use.
+    /// The profile's documented choices, each with the rule that makes the other one.
     pub notes: Vec<String>,
+}
+
+impl PolicyView {
+    /// `policy`'s rules with their origins, options and documented choices, and `peers`.
+    pub fn new(policy: &Policy, peers: Vec<PeerEntry>) -> PolicyView {
+        PolicyView {
+            source: policy.source.clone(),
+            rules: policy
+                .rules
+                .iter()
+                .map(|r| RuleView {
+                    id: r.id.clone(),
+                    from: policy.source_name(r.from).into(),
+                    to: policy.role_name(r.to).into(),
+                    proto: r.protocol.name().into(),
+                    ports: format_ports(&r.ports),
+                    origin: r.origin.to_string(),
+                })
+                .collect(),
+            options: policy.options.clone(),
+            peers,
+            notes: policy
+                .profile
+                .as_deref()
+                .and_then(profile::find)
+                .map(profile::Profile::notes)
+                .unwrap_or_default(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -122,20 +122,22 @@ pub(super) fn parse(source: &str, text: &str) -> Result<Policy, PolicyError> {
     let raw: RawPolicy = toml::from_str(text).map_err(|err| at.toml_error(&err))?;
 
     let mut policy = match &raw.profile {
-        Some(name) if name.get_ref() == profile::NAME => profile::lync2013_single_director(),
-        Some(name) => {
-            return Err(at.at(
-                name,
-                "profile",
-                format!(
-                    "unknown profile {:?}; the built-in profile is {:?}",
-                    name.get_ref(),
-                    profile::NAME
-                ),
-            ))
-        }
+        Some(name) => match profile::find(name.get_ref()) {
+            Some(profile) => profile.policy(),
+            None => {
+                return Err(at.at(
+                    name,
+                    "profile",
+                    format!(
+                        "unknown profile {:?}; the built-in profiles are {} (`director-fw policy profiles` lists them)",
+                        name.get_ref(),
+                        profile::names()
+                    ),
+                ))
+            }
+        },
         None => {
-            let mut empty = profile::lync2013_single_director();
+            let mut empty = Policy::builtin();
             empty.profile = None;
             empty.rules.clear();
             empty
@@ -289,7 +291,7 @@ fn compile_rule(
         to,
         protocol,
         ports,
-        origin: at.source.to_string(),
+        origin: profile::Origin::File(at.source.to_string()),
     })
 }
 

@@ -54,8 +54,8 @@ pub struct Rule {
     pub to: RoleId,
     pub protocol: Protocol,
     pub ports: Vec<RangeInclusive<u16>>,
-    /// Where the rule comes from: "table" or "text" of the source document, or a file.
-    pub origin: String,
+    /// Where the rule comes from: a row of a profile's table, its text, or a file.
+    pub origin: profile::Origin,
 }
 
 impl Rule {
@@ -133,7 +133,9 @@ pub const MANAGEMENT: &str = "management";
 impl Policy {
     /// The built-in profile with no peers: nothing is protected.
     pub fn builtin() -> Policy {
-        profile::lync2013_single_director()
+        profile::find(profile::NAME)
+            .expect("the default profile is built in")
+            .policy()
     }
 
     /// Reads and validates a policy file. The error names the file, line and field.

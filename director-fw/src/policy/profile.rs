@@ -1,155 +1,207 @@
-//! The built-in profile `lync2013-single-director`: the firewall port summary of a single
-//! Director in Lync Server 2013 ("Port summary - Single Director"), exactly as the document
-//! gives it. Table rows come from its table; text rows from its introduction, which also opens
-//! the reverse proxy and Edge ports towards the Front End pool and SIP towards the Edge.
+//! The built-in profiles: Microsoft's firewall port summaries for Lync Server 2013 and Skype
+//! for Business topologies, as data (`director-fw/profiles/*.toml`, compiled in). Every rule
+//! names its source: rows of the page's table, or the words of the page's text. Where the
+//! pages disagree or err, a profile follows a documented choice, which `policy show` prints
+//! with the rule that overrides it.
 
-use super::{Options, Policy, Protocol, Rule, Source};
+use std::{fmt, sync::OnceLock};
 
+use serde::Deserialize;
+
+use super::{file::parse_ports, Options, Policy, Protocol, Rule, Source, ANY};
+
+/// The profile of a policy file that names none, and of `Policy::builtin`.
 pub const NAME: &str = "lync2013-single-director";
 
-/// Built-in roles, in bit order.
-pub const ROLES: [&str; 5] = [
-    "reverse-proxy",
-    "director",
-    "front-end",
-    "internal-clients",
-    "edge-internal",
-];
-const REVERSE_PROXY: usize = 0;
-const DIRECTOR: usize = 1;
-const FRONT_END: usize = 2;
-const INTERNAL_CLIENTS: usize = 3;
-const EDGE_INTERNAL: usize = 4;
-
-/// The source document's probable copying error, shown by `policy show` and the README.
-pub const ANOMALY_NOTE: &str = "\
-Note on 50001-50003: the document opens TCP 50001-50003 (Centralized Logging Service, \
-ClsController.exe / ClsAgent.exe) from any source to the Edge Server's internal interface. \
-Both scaled-Director pages open the same ports as any -> Director, and the CLS agent listens \
-on 50001-50003 on every Lync server, so this row is probably a copying error. The profile \
-follows the document as written. To let the CLS controller collect logs from the Director, add:
-
-    [[rules]]
-    id    = \"any-director-cls\"
-    from  = \"any\"
-    to    = \"director\"
-    proto = \"tcp\"
-    ports = [\"50001-50003\"]";
-
-/// (id, from (`None`: any), to, first port, last port, origin)
-type RuleRow = (&'static str, Option<usize>, usize, u16, u16, &'static str);
-
-const RULES: [RuleRow; 12] = [
+/// The profiles' files, compiled in.
+const FILES: [(&str, &str); 3] = [
     (
-        "rp-director-http",
-        Some(REVERSE_PROXY),
-        DIRECTOR,
-        8080,
-        8080,
-        "table",
+        "lync2013-single-director.toml",
+        include_str!("../../profiles/lync2013-single-director.toml"),
     ),
     (
-        "rp-director-https",
-        Some(REVERSE_PROXY),
-        DIRECTOR,
-        4443,
-        4443,
-        "table",
+        "lync2013-scaled-director-hlb.toml",
+        include_str!("../../profiles/lync2013-scaled-director-hlb.toml"),
     ),
     (
-        "director-fe-https",
-        Some(DIRECTOR),
-        FRONT_END,
-        444,
-        444,
-        "table",
-    ),
-    (
-        "clients-director-http",
-        Some(INTERNAL_CLIENTS),
-        DIRECTOR,
-        80,
-        80,
-        "table",
-    ),
-    (
-        "clients-director-https",
-        Some(INTERNAL_CLIENTS),
-        DIRECTOR,
-        443,
-        443,
-        "table",
-    ),
-    (
-        "edge-director-sip",
-        Some(EDGE_INTERNAL),
-        DIRECTOR,
-        5061,
-        5061,
-        "table",
-    ),
-    ("any-edge-cls", None, EDGE_INTERNAL, 50001, 50003, "table"),
-    (
-        "rp-fe-http",
-        Some(REVERSE_PROXY),
-        FRONT_END,
-        8080,
-        8080,
-        "text",
-    ),
-    (
-        "rp-fe-https",
-        Some(REVERSE_PROXY),
-        FRONT_END,
-        4443,
-        4443,
-        "text",
-    ),
-    (
-        "edge-fe-sip",
-        Some(EDGE_INTERNAL),
-        FRONT_END,
-        5061,
-        5061,
-        "text",
-    ),
-    (
-        "director-edge-sip",
-        Some(DIRECTOR),
-        EDGE_INTERNAL,
-        5061,
-        5061,
-        "text",
-    ),
-    (
-        "fe-edge-sip",
-        Some(FRONT_END),
-        EDGE_INTERNAL,
-        5061,
-        5061,
-        "text",
+        "lync2013-scaled-director-dns-hlb.toml",
+        include_str!("../../profiles/lync2013-scaled-director-dns-hlb.toml"),
     ),
 ];
 
-pub fn lync2013_single_director() -> Policy {
-    Policy {
-        source: format!("built-in profile {NAME}"),
-        profile: Some(NAME.to_string()),
-        roles: ROLES.iter().map(|role| role.to_string()).collect(),
-        peers: Vec::new(),
-        rules: RULES
-            .iter()
-            .map(|&(id, from, to, first, last, origin)| Rule {
-                id: id.to_string(),
-                from: from.map_or(Source::Any, Source::Role),
-                to,
-                protocol: Protocol::Tcp,
-                ports: vec![first..=last],
-                origin: origin.to_string(),
-            })
-            .collect(),
-        options: Options::default(),
+/// A built-in profile: its source page, roles, rules and documented choices.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    pub name: String,
+    pub product: String,
+    /// The page's title.
+    pub title: String,
+    /// The page's path in Microsoft's documentation repository.
+    pub page: String,
+    /// The page's port table, which `rows` number into.
+    pub table: String,
+    pub roles: Vec<String>,
+    #[serde(default)]
+    pub choices: Vec<Choice>,
+    rules: Vec<RawRule>,
+}
+
+/// Where the profile departs from one of its pages' words, or chooses between pages, and the
+/// rule that makes the other choice.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Choice {
+    pub id: String,
+    pub text: String,
+    #[serde(rename = "override")]
+    pub override_rule: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    id: String,
+    from: String,
+    to: String,
+    proto: Protocol,
+    ports: Vec<toml::Value>,
+    /// Rows of the page's table.
+    #[serde(default)]
+    rows: Vec<u32>,
+    /// The page's words, quoted, for a rule its table omits.
+    text: Option<String>,
+}
+
+/// Where a rule comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// Rows of a profile's page's table.
+    Table {
+        title: String,
+        table: String,
+        rows: Vec<u32>,
+    },
+    /// A profile's page's text.
+    Text { title: String, quote: String },
+    /// A policy file's own rule.
+    File(String),
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Table { title, table, rows } => {
+                let rows: Vec<String> = rows.iter().map(u32::to_string).collect();
+                let noun = if rows.len() == 1 { "row" } else { "rows" };
+                write!(f, "{title}, table {table:?}, {noun} {}", rows.join(", "))
+            }
+            Origin::Text { title, quote } => write!(f, "{title}, text: {quote:?}"),
+            Origin::File(file) => write!(f, "{file}"),
+        }
     }
+}
+
+/// Every built-in profile, in the order `policy profiles` lists them.
+pub fn all() -> &'static [Profile] {
+    static PROFILES: OnceLock<Vec<Profile>> = OnceLock::new();
+    PROFILES.get_or_init(|| {
+        FILES
+            .iter()
+            .map(|(file, text)| {
+                // The files are compiled in and a unit test reads every one: a bad one never
+                // reaches a release.
+                toml::from_str(text).unwrap_or_else(|err| panic!("profiles/{file}: {err}"))
+            })
+            .collect()
+    })
+}
+
+pub fn find(name: &str) -> Option<&'static Profile> {
+    all().iter().find(|p| p.name == name)
+}
+
+/// The names of the built-in profiles, for messages.
+pub fn names() -> String {
+    let names: Vec<String> = all().iter().map(|p| format!("{:?}", p.name)).collect();
+    names.join(", ")
+}
+
+impl Profile {
+    /// The profile's policy, with no peers: nothing is protected until roles get peers.
+    pub fn policy(&self) -> Policy {
+        let role = |name: &str| {
+            self.roles
+                .iter()
+                .position(|r| r == name)
+                .unwrap_or_else(|| panic!("profile {}: no role {name:?}", self.name))
+        };
+        let rules = self
+            .rules
+            .iter()
+            .map(|raw| {
+                let ports = raw
+                    .ports
+                    .iter()
+                    .map(parse_ports)
+                    .collect::<Result<Vec<_>, _>>()
+                    .unwrap_or_else(|err| panic!("profile {}, rule {}: {err}", self.name, raw.id));
+                let origin = match &raw.text {
+                    Some(quote) => Origin::Text {
+                        title: self.title.clone(),
+                        quote: quote.clone(),
+                    },
+                    None => Origin::Table {
+                        title: self.title.clone(),
+                        table: self.table.clone(),
+                        rows: raw.rows.clone(),
+                    },
+                };
+                Rule {
+                    id: raw.id.clone(),
+                    from: match raw.from.as_str() {
+                        ANY => Source::Any,
+                        name => Source::Role(role(name)),
+                    },
+                    to: role(&raw.to),
+                    protocol: raw.proto,
+                    ports,
+                    origin,
+                }
+            })
+            .collect();
+        Policy {
+            source: format!("built-in profile {}", self.name),
+            profile: Some(self.name.clone()),
+            roles: self.roles.clone(),
+            peers: Vec::new(),
+            rules,
+            options: Options::default(),
+        }
+    }
+
+    /// The documented choices, as `policy show` prints them.
+    pub fn notes(&self) -> Vec<String> {
+        self.choices
+            .iter()
+            .map(|c| {
+                format!(
+                    "Choice {} ({}): {}\n\n{}",
+                    c.id,
+                    self.name,
+                    c.text.trim(),
+                    indent(c.override_rule.trim())
+                )
+            })
+            .collect()
+    }
+}
+
+fn indent(text: &str) -> String {
+    text.lines()
+        .map(|l| format!("    {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[cfg(test)]
@@ -157,20 +209,58 @@ mod tests {
     use super::*;
 
     #[test]
-    fn has_the_twelve_rules_of_the_document() {
-        let policy = lync2013_single_director();
+    fn every_profile_reads_and_builds_a_valid_policy() {
+        assert_eq!(all().len(), FILES.len());
+        for profile in all() {
+            let policy = profile.policy();
+            assert!(!policy.rules.is_empty(), "{}", profile.name);
+            let mut ids: Vec<&str> = policy.rules.iter().map(|r| r.id.as_str()).collect();
+            ids.sort();
+            ids.dedup();
+            assert_eq!(
+                ids.len(),
+                policy.rules.len(),
+                "{}: a rule id twice",
+                profile.name
+            );
+            for rule in &policy.rules {
+                match &rule.origin {
+                    Origin::Table { rows, .. } => assert!(!rows.is_empty(), "{}", rule.id),
+                    Origin::Text { quote, .. } => assert!(!quote.is_empty(), "{}", rule.id),
+                    Origin::File(_) => panic!("{}: a profile rule from a file", rule.id),
+                }
+            }
+            // Each choice's override is a rule a policy file can add to the profile.
+            for choice in &profile.choices {
+                let text = format!("profile = {:?}\n{}", profile.name, choice.override_rule);
+                let with = Policy::from_toml("override", &text)
+                    .unwrap_or_else(|err| panic!("{}: {err}", choice.id));
+                assert_eq!(with.rules.len(), policy.rules.len() + 1, "{}", choice.id);
+            }
+        }
+    }
+
+    #[test]
+    fn the_single_director_profile_has_the_twelve_rules_of_its_page() {
+        let policy = find(NAME).unwrap().policy();
         assert_eq!(policy.rules.len(), 12);
-        assert_eq!(
-            policy.rules.iter().filter(|r| r.origin == "table").count(),
-            7
-        );
+        let from_table = |r: &&Rule| matches!(r.origin, Origin::Table { .. });
+        assert_eq!(policy.rules.iter().filter(from_table).count(), 7);
         let cls = policy
             .rules
             .iter()
             .find(|r| r.id == "any-edge-cls")
             .unwrap();
-        assert_eq!((cls.from, cls.to), (Source::Any, EDGE_INTERNAL));
+        assert_eq!(
+            (cls.from, policy.role_name(cls.to)),
+            (Source::Any, "edge-internal")
+        );
         assert_eq!(cls.ports, vec![50001..=50003]);
+        assert!(
+            cls.origin.to_string().ends_with("rows 7, 8, 9"),
+            "{}",
+            cls.origin
+        );
         assert!(policy.rules.iter().all(|r| r.protocol == Protocol::Tcp));
     }
 }
