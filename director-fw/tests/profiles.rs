@@ -140,7 +140,7 @@ fn a_policy_file_may_name_any_built_in_profile_and_an_unknown_one_is_refused() {
     for profile in profile::all() {
         let text = format!("profile = {:?}\n", profile.name);
         let policy = Policy::from_toml("test.toml", &text).unwrap();
-        assert_eq!(policy.profile.as_deref(), Some(profile.name.as_str()));
+        assert_eq!(policy.profiles, [profile.name.as_str()]);
         assert_eq!(policy.rules, profile.policy().rules);
     }
     let err = Policy::from_toml("test.toml", "profile = \"lync2013-no-such\"\n")
@@ -150,4 +150,30 @@ fn a_policy_file_may_name_any_built_in_profile_and_an_unknown_one_is_refused() {
         err.contains("test.toml") && err.contains("lync2013-scaled-director-hlb"),
         "{err}"
     );
+}
+
+/// A gateway may guard several topologies: `profile` takes a list. Roles of one name are one
+/// role; a rule id in two profiles is refused, with the line of `profile`.
+#[test]
+fn several_profiles_combine_and_a_shared_rule_id_is_refused() {
+    let text =
+        "# two\nprofile = [\"lync2013-scaled-director-hlb\", \"lync2013-single-director\"]\n";
+    let err = Policy::from_toml("two.toml", text).unwrap_err();
+    assert_eq!((err.line, err.field.as_str()), (Some(2), "profile"));
+    assert!(err.message.contains("director-fe-https"), "{err}");
+    let one =
+        Policy::from_toml("one.toml", "profile = [\"lync2013-scaled-director-hlb\"]\n").unwrap();
+    assert_eq!(
+        one.rules,
+        profile::find("lync2013-scaled-director-hlb")
+            .unwrap()
+            .policy()
+            .rules
+    );
+    let unknown = Policy::from_toml(
+        "u.toml",
+        "profile = [\"lync2013-scaled-director-hlb\", \"edge\"]\n",
+    )
+    .unwrap_err();
+    assert!(unknown.message.contains("\"edge\""), "{unknown}");
 }

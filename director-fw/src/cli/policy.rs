@@ -21,6 +21,10 @@ pub enum Command {
         /// A built-in profile instead of the policy in force (needs no agent).
         #[arg(long, value_name = "NAME")]
         profile: Option<String>,
+        /// The effective port matrix instead: protocol and ports, source and destination
+        /// role, and the rules behind each line, in the shape of Microsoft's port tables.
+        #[arg(long)]
+        matrix: bool,
     },
     /// The built-in profiles and the pages they come from (needs no agent).
     Profiles {
@@ -70,7 +74,11 @@ pub fn run(instance: &Instance, command: Command) -> Result<()> {
             )?)
         }
         Command::Confirm => super::print_change(super::call(instance, Request::PolicyConfirm)?),
-        Command::Show { json, profile } => {
+        Command::Show {
+            json,
+            profile,
+            matrix,
+        } => {
             let view = match profile {
                 Some(name) => {
                     let Some(profile) = profile::find(&name) else {
@@ -86,10 +94,11 @@ pub fn run(instance: &Instance, command: Command) -> Result<()> {
                     other => return Err(super::unexpected(other)),
                 },
             };
-            if json {
-                println!("{}", serde_json::to_string_pretty(&view)?);
-            } else {
-                print!("{}", render(&view));
+            match (json, matrix) {
+                (true, true) => println!("{}", serde_json::to_string_pretty(&view.matrix)?),
+                (true, false) => println!("{}", serde_json::to_string_pretty(&view)?),
+                (false, true) => print!("{}", render_matrix(&view)),
+                (false, false) => print!("{}", render(&view)),
             }
             Ok(())
         }
@@ -148,6 +157,25 @@ fn render(view: &PolicyView) -> String {
     }
     for note in &view.notes {
         out += &format!("\n{note}\n");
+    }
+    out
+}
+
+/// `policy show --matrix` as text.
+fn render_matrix(view: &PolicyView) -> String {
+    let mut out = format!("policy: {}\n", view.source);
+    out += &format!(
+        "{:<22} {:<18} {:<18} RULES\n",
+        "PROTOCOL/PORTS", "SOURCE", "DESTINATION"
+    );
+    for line in &view.matrix {
+        out += &format!(
+            "{:<22} {:<18} {:<18} {}\n",
+            format!("{}/{}", line.proto, line.ports),
+            line.from,
+            line.to,
+            line.rules.join(", ")
+        );
     }
     out
 }

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     explain::{Explanation, Probe},
-    policy::{format_ports, profile, Options, PeerEntry, Policy},
+    policy::{format_ports, matrix::MatrixLine, profile, Options, PeerEntry, Policy},
     telemetry::stats::Stats,
 };
 
@@ -173,6 +173,9 @@ pub struct PolicyView {
     pub peers: Vec<PeerEntry>,
     /// The profile's documented choices, each with the rule that makes the other one.
     pub notes: Vec<String>,
+    /// The effective port matrix (see [`crate::policy::matrix`]).
+    #[serde(default)]
+    pub matrix: Vec<MatrixLine>,
 }
 
 impl PolicyView {
@@ -193,13 +196,14 @@ impl PolicyView {
                 })
                 .collect(),
             options: policy.options.clone(),
+            matrix: crate::policy::matrix::matrix(policy),
             peers,
             notes: policy
-                .profile
-                .as_deref()
-                .and_then(profile::find)
-                .map(profile::Profile::notes)
-                .unwrap_or_default(),
+                .profiles
+                .iter()
+                .filter_map(|name| profile::find(name))
+                .flat_map(profile::Profile::notes)
+                .collect(),
         }
     }
 }

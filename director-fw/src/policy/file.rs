@@ -50,12 +50,20 @@ impl PolicyError {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPolicy {
-    profile: Option<Spanned<String>>,
+    profile: Option<Spanned<ProfileNames>>,
     #[serde(default)]
     peers: BTreeMap<Spanned<String>, Spanned<Vec<Spanned<String>>>>,
     options: Option<RawOptions>,
     #[serde(default)]
     rules: Vec<Spanned<RawRule>>,
+}
+
+/// `profile = "NAME"` or `profile = ["NAME", ...]`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ProfileNames {
+    One(String),
+    Many(Vec<String>),
 }
 
 #[derive(Deserialize)]
@@ -122,23 +130,44 @@ pub(super) fn parse(source: &str, text: &str) -> Result<Policy, PolicyError> {
     let raw: RawPolicy = toml::from_str(text).map_err(|err| at.toml_error(&err))?;
 
     let mut policy = match &raw.profile {
-        Some(name) => match profile::find(name.get_ref()) {
-            Some(profile) => profile.policy(),
-            None => {
+        Some(names) => {
+            let list = match names.get_ref() {
+                ProfileNames::One(name) => vec![name.clone()],
+                ProfileNames::Many(list) => list.clone(),
+            };
+            let mut found = Vec::new();
+            for name in &list {
+                let Some(profile) = profile::find(name) else {
+                    return Err(at.at(
+                        names,
+                        "profile",
+                        format!(
+                            "unknown profile {name:?}; the built-in profiles are {} (`director-fw policy profiles` lists them)",
+                            profile::names()
+                        ),
+                    ));
+                };
+                found.push(profile);
+            }
+            if found.is_empty() {
+                return Err(at.at(names, "profile", "names no profile; leave it out for none"));
+            }
+            let combined = profile::combine(&found).map_err(|msg| at.at(names, "profile", msg))?;
+            if combined.roles.len() > MAX_ROLES {
                 return Err(at.at(
-                    name,
+                    names,
                     "profile",
                     format!(
-                        "unknown profile {:?}; the built-in profiles are {} (`director-fw policy profiles` lists them)",
-                        name.get_ref(),
-                        profile::names()
+                        "these profiles have {} roles together: at most {MAX_ROLES}",
+                        combined.roles.len()
                     ),
-                ))
+                ));
             }
-        },
+            combined
+        }
         None => {
             let mut empty = Policy::builtin();
-            empty.profile = None;
+            empty.profiles.clear();
             empty.rules.clear();
             empty
         }

@@ -3,6 +3,7 @@
 //! anything reaches the kernel.
 
 mod file;
+pub mod matrix;
 pub mod peers;
 pub mod profile;
 
@@ -118,7 +119,8 @@ pub struct Peer {
 pub struct Policy {
     /// Where the policy came from, for messages.
     pub source: String,
-    pub profile: Option<String>,
+    /// The built-in profiles the policy starts from, in the order the file names them.
+    pub profiles: Vec<String>,
     pub roles: Vec<String>,
     pub peers: Vec<Peer>,
     pub rules: Vec<Rule>,

@@ -121,6 +121,58 @@ pub fn find(name: &str) -> Option<&'static Profile> {
     all().iter().find(|p| p.name == name)
 }
 
+/// The policy of several profiles at once, for a gateway that guards, say, a Director pool and
+/// an Edge's internal side: roles of the same name are one role, and the rules are all of
+/// theirs. A rule id in two of them, or one profile named twice, is refused: such profiles
+/// describe the same servers in two topologies, and only one of them can be right.
+pub fn combine(profiles: &[&Profile]) -> Result<Policy, String> {
+    let mut policy = Policy {
+        source: String::new(),
+        profiles: Vec::new(),
+        roles: Vec::new(),
+        peers: Vec::new(),
+        rules: Vec::new(),
+        options: Options::default(),
+    };
+    let mut owner: Vec<&str> = Vec::new();
+    for profile in profiles {
+        if policy.profiles.contains(&profile.name) {
+            return Err(format!("profile {:?} is named twice", profile.name));
+        }
+        let own = profile.policy();
+        // Each of the profile's roles, where it is in the combined policy.
+        let at: Vec<usize> = own
+            .roles
+            .iter()
+            .map(|name| match policy.roles.iter().position(|r| r == name) {
+                Some(at) => at,
+                None => {
+                    policy.roles.push(name.clone());
+                    policy.roles.len() - 1
+                }
+            })
+            .collect();
+        for rule in own.rules {
+            if let Some(i) = policy.rules.iter().position(|r| r.id == rule.id) {
+                return Err(format!(
+                    "profiles {:?} and {:?} both have a rule {:?}: they describe the same servers in two topologies; keep the one that is yours",
+                    owner[i], profile.name, rule.id
+                ));
+            }
+            let from = match rule.from {
+                Source::Any => Source::Any,
+                Source::Role(id) => Source::Role(at[id]),
+            };
+            let to = at[rule.to];
+            policy.rules.push(Rule { from, to, ..rule });
+            owner.push(&profile.name);
+        }
+        policy.profiles.push(profile.name.clone());
+    }
+    policy.source = format!("built-in profiles {}", policy.profiles.join(" + "));
+    Ok(policy)
+}
+
 /// The names of the built-in profiles, for messages.
 pub fn names() -> String {
     let names: Vec<String> = all().iter().map(|p| format!("{:?}", p.name)).collect();
@@ -172,7 +224,7 @@ impl Profile {
             .collect();
         Policy {
             source: format!("built-in profile {}", self.name),
-            profile: Some(self.name.clone()),
+            profiles: vec![self.name.clone()],
             roles: self.roles.clone(),
             peers: Vec::new(),
             rules,
@@ -262,5 +314,22 @@ mod tests {
             cls.origin
         );
         assert!(policy.rules.iter().all(|r| r.protocol == Protocol::Tcp));
+    }
+
+    #[test]
+    fn profiles_combine_by_role_name_and_refuse_a_rule_id_twice() {
+        let single = find(NAME).unwrap();
+        let hlb = find("lync2013-scaled-director-hlb").unwrap();
+        let err = combine(&[single, hlb]).unwrap_err();
+        assert!(
+            err.contains("director-fe-https") && err.contains(NAME),
+            "{err}"
+        );
+        assert!(combine(&[single, single])
+            .unwrap_err()
+            .contains("named twice"));
+        let alone = combine(&[hlb]).unwrap();
+        assert_eq!(alone.rules, hlb.policy().rules);
+        assert_eq!(alone.roles, hlb.roles);
     }
 }
