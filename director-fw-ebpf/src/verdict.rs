@@ -18,7 +18,8 @@ use crate::{
 /// Judges one frame and counts the verdict. `ACTIVE` is read once, and everything after it
 /// reads that generation only: a policy change is one word, so no packet sees half of it.
 #[inline(always)]
-pub fn judge(frame: &Frame, ingress: &impl Ingress) -> bool {
+pub fn judge(ingress: &impl Ingress) -> bool {
+    let frame = &ingress.frame();
     let generation = ACTIVE.get(0).copied().unwrap_or(0);
     let verdict = match CONFIG.get(generation) {
         Some(cfg) => judge_with(frame, ingress, cfg),
@@ -37,13 +38,13 @@ fn judge_with(frame: &Frame, ingress: &impl Ingress, cfg: &Config) -> Verdict {
     let p = match parse::parse(frame) {
         Ok(Parsed::Ip(p)) => p,
         Ok(Parsed::NonIp) => return Verdict::Pass(PassKind::NonIp),
-        Err(()) => return dropped(cfg, frame, ingress, None, 0, DropReason::Malformed),
+        Err(()) => return dropped(cfg, ingress, None, 0, DropReason::Malformed),
     };
     let dst_roles = classify::roles(cfg, p.family, &p.dst);
     let dst_protected = dst_roles & cfg.to_roles != 0;
     let verdict = decide(cfg, &p, dst_roles, dst_protected);
     if let Verdict::Drop(reason) = verdict {
-        return dropped(cfg, frame, ingress, Some(&p), dst_roles, reason);
+        return dropped(cfg, ingress, Some(&p), dst_roles, reason);
     }
     if let Fragment::First(id) = p.fragment {
         if dst_protected {
@@ -58,7 +59,6 @@ fn judge_with(frame: &Frame, ingress: &impl Ingress, cfg: &Config) -> Verdict {
 #[inline(always)]
 fn dropped(
     cfg: &Config,
-    frame: &Frame,
     ingress: &impl Ingress,
     p: Option<&Packet>,
     dst_roles: u32,
@@ -66,7 +66,7 @@ fn dropped(
 ) -> Verdict {
     let verdict = audited(cfg, reason);
     let audit = matches!(verdict, Verdict::Audit(_));
-    events::report(cfg, frame, ingress, p, dst_roles, reason, audit);
+    events::report(cfg, ingress, p, dst_roles, reason, audit);
     verdict
 }
 
