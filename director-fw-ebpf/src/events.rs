@@ -12,7 +12,7 @@ use crate::{
     classify,
     ingress::Ingress,
     maps::{EVENTS, EVENT_BUDGET, EVENT_STATS},
-    parse::{self, Frame, Packet},
+    parse::{self, Packet},
 };
 
 #[inline(always)]
@@ -28,7 +28,6 @@ fn count(slot: u32) {
 #[inline(always)]
 pub fn report(
     cfg: &Config,
-    frame: &Frame,
     ingress: &impl Ingress,
     p: Option<&Packet>,
     dst_roles: u32,
@@ -69,7 +68,7 @@ pub fn report(
         event.dst_roles = dst_roles;
         event.src_roles = src_roles;
     }
-    event.vlan = match parse::outer_vlan(frame) {
+    event.vlan = match parse::outer_vlan(&ingress.frame()) {
         0 => ingress.offloaded_vlan(),
         tag => tag,
     };

@@ -2,15 +2,32 @@
 
 use aya_ebpf::programs::{TcContext, XdpContext};
 
+use crate::parse::Frame;
+
 /// Where a packet came in. The interface counts every packet (its counter row); the VLAN is
 /// read only when a drop event is sent, so that no other packet pays for it.
 pub trait Ingress {
+    /// The frame, read from the context. A drop event reads it again rather than keep the
+    /// pointers `parse` used: the verifier knows how far each parse path checked those, so
+    /// pointers live past parsing would keep it from merging the states of those paths.
+    fn frame(&self) -> Frame;
     fn ifindex(&self) -> u32;
     /// A VLAN id the kernel moved from the frame into metadata, 0 for none.
     fn offloaded_vlan(&self) -> u16;
 }
 
 impl Ingress for XdpContext {
+    fn frame(&self) -> Frame {
+        // LLVM must not learn that `len == end - start`: it would then prove the pointer
+        // bounds checks redundant against the length checks and drop them, and the verifier
+        // needs them.
+        Frame {
+            start: self.data(),
+            end: self.data_end(),
+            len: core::hint::black_box(self.data_end() - self.data()),
+        }
+    }
+
     fn ifindex(&self) -> u32 {
         self.ingress_ifindex() as u32
     }
@@ -22,6 +39,15 @@ impl Ingress for XdpContext {
 }
 
 impl Ingress for TcContext {
+    /// `len` is the whole packet's; the readable data may end before it.
+    fn frame(&self) -> Frame {
+        Frame {
+            start: self.data(),
+            end: self.data_end(),
+            len: self.len() as usize,
+        }
+    }
+
     fn ifindex(&self) -> u32 {
         // SAFETY: the context's skb is valid for the program's run.
         unsafe { (*self.skb.skb).ifindex }

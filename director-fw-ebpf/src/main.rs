@@ -18,21 +18,12 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 
-use parse::Frame;
-
 /// Headers that TC must be able to read directly; the rest of a non-linear skb stays put.
 const TC_PULL_LEN: u32 = 256;
 
 #[xdp]
 pub fn director_fw_xdp(ctx: XdpContext) -> u32 {
-    // LLVM must not learn that `len == end - start`: it would then prove the pointer bounds
-    // checks redundant against the length checks and drop them, and the verifier needs them.
-    let frame = Frame {
-        start: ctx.data(),
-        end: ctx.data_end(),
-        len: core::hint::black_box(ctx.data_end() - ctx.data()),
-    };
-    if verdict::judge(&frame, &ctx) {
+    if verdict::judge(&ctx) {
         xdp_action::XDP_PASS
     } else {
         xdp_action::XDP_DROP
@@ -47,12 +38,7 @@ pub fn director_fw_tc(ctx: TcContext) -> i32 {
         // On failure the checks below see a short frame and judge it malformed.
         let _ = ctx.pull_data(want);
     }
-    let frame = Frame {
-        start: ctx.data(),
-        end: ctx.data_end(),
-        len: len as usize,
-    };
-    if verdict::judge(&frame, &ctx) {
+    if verdict::judge(&ctx) {
         TC_ACT_OK
     } else {
         TC_ACT_SHOT

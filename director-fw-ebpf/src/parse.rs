@@ -123,13 +123,55 @@ struct IcmpHdr {
     _seq: u16,
 }
 
+/// Where a packet stands among its fragments. A struct, not an enum with data: every byte of
+/// a `Packet` must be written, because a value moved with bytes never written (an enum's
+/// unused payload) makes LLVM copy stack slots never stored to, which verifiers before 5.16
+/// refuse to read ("invalid read from stack").
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Fragment {
-    None,
+pub struct Fragment {
+    kind: u8,
+    /// The IP identification; 0 when `kind` is `WHOLE`.
+    id: u32,
+}
+
+impl Fragment {
+    const WHOLE: u8 = 0;
+    const FIRST: u8 = 1;
+    const LATER: u8 = 2;
+
+    /// Not a fragment.
+    pub const NONE: Fragment = Fragment {
+        kind: Fragment::WHOLE,
+        id: 0,
+    };
+
     /// Offset 0, more fragments follow.
-    First(u32),
+    pub const fn first(id: u32) -> Fragment {
+        Fragment {
+            kind: Fragment::FIRST,
+            id,
+        }
+    }
+
     /// Offset > 0: no L4 header here.
-    Later(u32),
+    pub const fn later(id: u32) -> Fragment {
+        Fragment {
+            kind: Fragment::LATER,
+            id,
+        }
+    }
+
+    /// The identification of a first fragment.
+    #[inline(always)]
+    pub fn first_id(self) -> Option<u32> {
+        (self.kind == Fragment::FIRST).then_some(self.id)
+    }
+
+    /// The identification of a later fragment.
+    #[inline(always)]
+    pub fn later_id(self) -> Option<u32> {
+        (self.kind == Fragment::LATER).then_some(self.id)
+    }
 }
 
 /// What the datapath needs to know about an IP packet.
@@ -145,20 +187,45 @@ pub struct Packet {
     pub dport: u16,
     pub tcp_flags: u8,
     pub icmp_type: u8,
-    /// For an ICMP error: the flow of the packet it quotes. Read here, with the rest of the
-    /// packet, so that no packet offset outlives parsing: offsets differ per VLAN and
-    /// extension-header path, and states that differ cannot be merged by the verifier.
-    pub quoted: Option<FlowKey>,
+    /// Where the L4 header starts, and where the IP packet ends: what [`Packet::quoted`]
+    /// needs to read the packet an ICMP error quotes. Only that rare path reads the quoted
+    /// packet, so that no other packet pays for it, and it first passes `l4_at` through
+    /// [`forget_range`]: the offset differs per VLAN and extension-header path, and the
+    /// verifier would otherwise keep the states of those paths apart from here on.
+    l4_at: u32,
+    ip_end: u32,
 }
 
-pub enum Parsed {
-    NonIp,
-    Ip(Packet),
+impl Packet {
+    /// Every field written: what a packet starts as before `parse` fills it in.
+    pub const EMPTY: Packet = Packet {
+        family: 0,
+        src: [0; 4],
+        dst: [0; 4],
+        proto: 0,
+        fragment: Fragment::NONE,
+        sport: 0,
+        dport: 0,
+        tcp_flags: 0,
+        icmp_type: 0,
+        l4_at: 0,
+        ip_end: 0,
+    };
+
+    /// For an ICMP error, the flow of the packet it quotes, when that is TCP or UDP of the same
+    /// family and its ports are present. `frame` is the frame this packet was parsed from.
+    #[inline(always)]
+    pub fn quoted(&self, frame: &Frame) -> Option<FlowKey> {
+        let at = forget_range(self.l4_at as usize);
+        quoted_flow(frame, self.family, at, self.ip_end as usize)
+    }
 }
 
-/// Parses a frame. `Err` means malformed.
+/// Parses a frame: a packet for IPv4 and IPv6, one of family 0 for anything else, `Err` for
+/// a malformed frame. Not an enum that carries the packet, for the reason `Fragment` gives: a
+/// non-IP frame's variant would move a packet never written.
 #[inline(always)]
-pub fn parse(frame: &Frame) -> Result<Parsed, ()> {
+pub fn parse(frame: &Frame) -> Result<Packet, ()> {
     if frame.len < ETH_HLEN {
         return Err(());
     }
@@ -171,13 +238,12 @@ pub fn parse(frame: &Frame) -> Result<Parsed, ()> {
         ethertype = u16::from_be(frame.header::<VlanHdr>(off)?.ethertype);
         off += 4;
     }
-    let packet = match ethertype {
-        ETH_P_IPV4 => ipv4(frame, off)?,
-        ETH_P_IPV6 => ipv6(frame, off)?,
-        ETH_P_8021Q | ETH_P_8021AD => return Err(()),
-        _ => return Ok(Parsed::NonIp),
-    };
-    Ok(Parsed::Ip(packet))
+    match ethertype {
+        ETH_P_IPV4 => ipv4(frame, off),
+        ETH_P_IPV6 => ipv6(frame, off),
+        ETH_P_8021Q | ETH_P_8021AD => Err(()),
+        _ => Ok(Packet::EMPTY),
+    }
 }
 
 /// The id of the frame's outer VLAN tag, 0 for none. Read again for a drop event only, so that
@@ -213,11 +279,11 @@ fn ipv4(frame: &Frame, off: usize) -> Result<Packet, ()> {
     let id = u16::from_be(ip.id) as u32;
     let frag = u16::from_be(ip.frag);
     let fragment = if frag & 0x1fff != 0 {
-        Fragment::Later(id)
+        Fragment::later(id)
     } else if frag & 0x2000 != 0 {
-        Fragment::First(id)
+        Fragment::first(id)
     } else {
-        Fragment::None
+        Fragment::NONE
     };
     let mut packet = Packet {
         family: 4,
@@ -225,11 +291,9 @@ fn ipv4(frame: &Frame, off: usize) -> Result<Packet, ()> {
         dst: [ip.dst, 0, 0, 0],
         proto: ip.proto,
         fragment,
-        sport: 0,
-        dport: 0,
-        tcp_flags: 0,
-        icmp_type: 0,
-        quoted: None,
+        l4_at: (off + hlen) as u32,
+        ip_end: (off + total) as u32,
+        ..Packet::EMPTY
     };
     l4(frame, &mut packet, off + hlen, off + total)?;
     Ok(packet)
@@ -247,7 +311,7 @@ fn ipv6(frame: &Frame, off: usize) -> Result<Packet, ()> {
     }
     let mut next = ip.next;
     let mut cur = off + 40;
-    let mut fragment = Fragment::None;
+    let mut fragment = Fragment::NONE;
     for _ in 0..MAX_EXT_HEADERS {
         if next == IPV6_FRAGMENT {
             if cur + 8 > ip_end {
@@ -257,13 +321,13 @@ fn ipv6(frame: &Frame, off: usize) -> Result<Packet, ()> {
             let field = u16::from_be(frag.field);
             let id = u32::from_be(frag.id);
             next = frag.next;
-            cur += 8;
+            cur = forget_range(cur + 8);
             if field >> 3 != 0 {
-                fragment = Fragment::Later(id);
+                fragment = Fragment::later(id);
                 break;
             }
             if field & 1 != 0 {
-                fragment = Fragment::First(id);
+                fragment = Fragment::first(id);
             }
             continue;
         }
@@ -282,9 +346,9 @@ fn ipv6(frame: &Frame, off: usize) -> Result<Packet, ()> {
             return Err(());
         }
         next = ext.next;
-        cur += len;
+        cur = forget_range(cur + len);
     }
-    if !matches!(fragment, Fragment::Later(_)) && is_extension_header(next) {
+    if fragment.later_id().is_none() && is_extension_header(next) {
         return Err(());
     }
     let mut packet = Packet {
@@ -293,14 +357,35 @@ fn ipv6(frame: &Frame, off: usize) -> Result<Packet, ()> {
         dst: ip.dst,
         proto: next,
         fragment,
-        sport: 0,
-        dport: 0,
-        tcp_flags: 0,
-        icmp_type: 0,
-        quoted: None,
+        l4_at: cur as u32,
+        ip_end: ip_end as u32,
+        ..Packet::EMPTY
     };
     l4(frame, &mut packet, cur, ip_end)?;
     Ok(packet)
+}
+
+/// No header starts past this offset: 22 bytes of Ethernet and VLAN tags, 40 of IPv6, then
+/// [`MAX_EXT_HEADERS`] extension headers of at most 2,048 bytes each, 12,350 in all.
+const MAX_HEADER_OFFSET: usize = 0x3fff;
+
+/// `off`, with what the verifier knows of it reduced to `0..=MAX_HEADER_OFFSET`. The verifier
+/// tracks each path through the extension headers with the range of offsets that path allows,
+/// and cannot merge paths whose ranges differ: 6 headers of 5 kinds made hundreds of thousands
+/// of states. A 32-bit read of a 64-bit stack slot is a value it does not track; the mask
+/// bounds it at once (a bound check would not bound a copy spilled before it on 5.10), and
+/// changes nothing, since no offset reaches `MAX_HEADER_OFFSET`. It costs a store, a load and
+/// an `and`, on the rare paths that call it.
+#[inline(always)]
+fn forget_range(off: usize) -> usize {
+    let mut slot = 0u64;
+    // SAFETY: both accesses are to the local `slot`; the read is of its low (little-endian)
+    // half, and volatile, so that LLVM keeps the store and the load.
+    let off = unsafe {
+        core::ptr::write_volatile(&mut slot, off as u64);
+        core::ptr::read_volatile(&slot as *const u64 as *const u32)
+    } as usize;
+    off & MAX_HEADER_OFFSET
 }
 
 #[inline(always)]
@@ -315,7 +400,7 @@ fn is_extension_header(next: u8) -> bool {
 /// that ends at `ip_end`. A later fragment has no L4 header.
 #[inline(always)]
 fn l4(frame: &Frame, p: &mut Packet, at: usize, ip_end: usize) -> Result<(), ()> {
-    if matches!(p.fragment, Fragment::Later(_)) {
+    if p.fragment.later_id().is_some() {
         return Ok(());
     }
     match (p.proto, p.family) {
@@ -350,9 +435,6 @@ fn l4(frame: &Frame, p: &mut Packet, at: usize, ip_end: usize) -> Result<(), ()>
             // share one flow key.
             p.sport = u16::from_be(icmp.id);
             p.dport = p.sport;
-            if is_icmp_error(p.family, p.icmp_type) {
-                p.quoted = quoted_flow(frame, p.family, at, ip_end);
-            }
         }
         _ => {}
     }

@@ -12,13 +12,14 @@ use crate::{
     classify, conntrack, events,
     ingress::Ingress,
     maps::{ACTIVE, CONFIG},
-    parse::{self, Fragment, Frame, Packet, Parsed},
+    parse::{self, Frame, Packet},
 };
 
 /// Judges one frame and counts the verdict. `ACTIVE` is read once, and everything after it
 /// reads that generation only: a policy change is one word, so no packet sees half of it.
 #[inline(always)]
-pub fn judge(frame: &Frame, ingress: &impl Ingress) -> bool {
+pub fn judge(ingress: &impl Ingress) -> bool {
+    let frame = &ingress.frame();
     let generation = ACTIVE.get(0).copied().unwrap_or(0);
     let verdict = match CONFIG.get(generation) {
         Some(cfg) => judge_with(frame, ingress, cfg),
@@ -35,17 +36,17 @@ pub fn judge(frame: &Frame, ingress: &impl Ingress) -> bool {
 #[inline(always)]
 fn judge_with(frame: &Frame, ingress: &impl Ingress, cfg: &Config) -> Verdict {
     let p = match parse::parse(frame) {
-        Ok(Parsed::Ip(p)) => p,
-        Ok(Parsed::NonIp) => return Verdict::Pass(PassKind::NonIp),
-        Err(()) => return dropped(cfg, frame, ingress, None, 0, DropReason::Malformed),
+        Ok(p) if p.family == 0 => return Verdict::Pass(PassKind::NonIp),
+        Ok(p) => p,
+        Err(()) => return dropped(cfg, ingress, None, 0, DropReason::Malformed),
     };
     let dst_roles = classify::roles(cfg, p.family, &p.dst);
     let dst_protected = dst_roles & cfg.to_roles != 0;
-    let verdict = decide(cfg, &p, dst_roles, dst_protected);
+    let verdict = decide(cfg, ingress, &p, dst_roles, dst_protected);
     if let Verdict::Drop(reason) = verdict {
-        return dropped(cfg, frame, ingress, Some(&p), dst_roles, reason);
+        return dropped(cfg, ingress, Some(&p), dst_roles, reason);
     }
-    if let Fragment::First(id) = p.fragment {
+    if let Some(id) = p.fragment.first_id() {
         if dst_protected {
             conntrack::remember_first_fragment(&p, id);
         }
@@ -58,7 +59,6 @@ fn judge_with(frame: &Frame, ingress: &impl Ingress, cfg: &Config) -> Verdict {
 #[inline(always)]
 fn dropped(
     cfg: &Config,
-    frame: &Frame,
     ingress: &impl Ingress,
     p: Option<&Packet>,
     dst_roles: u32,
@@ -66,7 +66,7 @@ fn dropped(
 ) -> Verdict {
     let verdict = audited(cfg, reason);
     let audit = matches!(verdict, Verdict::Audit(_));
-    events::report(cfg, frame, ingress, p, dst_roles, reason, audit);
+    events::report(cfg, ingress, p, dst_roles, reason, audit);
     verdict
 }
 
@@ -123,8 +123,14 @@ fn bad_tcp_flags(flags: u8) -> bool {
 }
 
 #[inline(always)]
-fn decide(cfg: &Config, p: &Packet, dst_roles: u32, dst_protected: bool) -> Verdict {
-    if let Fragment::Later(id) = p.fragment {
+fn decide(
+    cfg: &Config,
+    ingress: &impl Ingress,
+    p: &Packet,
+    dst_roles: u32,
+    dst_protected: bool,
+) -> Verdict {
+    if let Some(id) = p.fragment.later_id() {
         if !dst_protected {
             return unprotected(cfg);
         }
@@ -186,8 +192,8 @@ fn decide(cfg: &Config, p: &Packet, dst_roles: u32, dst_protected: bool) -> Verd
             conntrack::create(p);
             Verdict::Pass(PassKind::IcmpEcho)
         }
-        Kind::IcmpError => match &p.quoted {
-            Some(key) if conntrack::is_live(cfg, key) => Verdict::Pass(PassKind::Flow),
+        Kind::IcmpError => match p.quoted(&ingress.frame()) {
+            Some(key) if conntrack::is_live(cfg, &key) => Verdict::Pass(PassKind::Flow),
             _ => Verdict::Drop(DropReason::NoRule),
         },
         _ => Verdict::Drop(DropReason::NoRule),
