@@ -3,8 +3,8 @@
 //! (`BPF_LINK_UPDATE`) when a new object takes over.
 
 use aya::programs::{
-    links::{FdLink, PinnedLink},
-    tc::{SchedClassifierLink, TcAttachType},
+    links::{FdLink, LinkOrder, PinnedLink},
+    tc::{SchedClassifierLink, TcAttachOptions, TcAttachType},
     xdp::XdpLink,
     SchedClassifier, Xdp, XdpMode,
 };
@@ -95,13 +95,16 @@ pub(super) fn attach_xdp(
     Ok((fd_link(iface, link)?, warning))
 }
 
-/// Attaches a TC program to one interface's ingress and hands back the link.
+/// Attaches a TC program to one interface's ingress as a TCX link and hands back the link.
+/// TCX is asked for by trying it, not by the kernel's version (which misses backports, such
+/// as RHEL's): only a BPF link outlives the agent, and a kernel without TCX gets a refusal
+/// that names it.
 pub(super) fn attach_tc(tc: &mut SchedClassifier, iface: &str) -> Result<FdLink, DatapathError> {
+    let tcx = TcAttachOptions::TcxOrder(LinkOrder::default());
     let id = tc
-        .attach(iface, TcAttachType::Ingress)
-        .map_err(|source| DatapathError::Attach {
+        .attach_with_options(iface, TcAttachType::Ingress, tcx)
+        .map_err(|source| DatapathError::NoTcx {
             iface: iface.to_string(),
-            mode: AttachMode::Tc.name(),
             source,
         })?;
     let link = tc.take_link(id)?;
