@@ -49,7 +49,7 @@ pub enum DatapathError {
         mode: &'static str,
         source: ProgramError,
     },
-    #[error("{iface}: tc mode needs TCX (Linux 6.6, or a kernel that has it backported), and this kernel refused a TCX link ({source}); without one, a TC filter could not outlive the agent. Use --mode xdp on this kernel")]
+    #[error("{iface}: tc mode needs TCX (Linux 6.6, or a kernel that has it backported), and this kernel refused a TCX link; without one, a TC filter could not outlive the agent. Use --mode xdp on this kernel")]
     NoTcx { iface: String, source: ProgramError },
     #[error("{iface}: the kernel attached the program through netlink, not as a BPF link, so it could not outlive the agent; director-fw refuses to run without that guarantee (a kernel of 5.9 or later attaches XDP as a link; for TC, TCX needs 6.6)")]
     NotALink { iface: String },
