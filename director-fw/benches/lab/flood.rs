@@ -57,7 +57,14 @@ pub(crate) fn control_under_flood(
         let (sample, flooded) = thread::scope(|scope| -> Result<(Sample, _)> {
             let flood = scope.spawn(|| measure(traffic, bed, Mix::Deny, cpu, warmup, window));
             thread::sleep(warmup + Duration::from_millis(200));
+            let started = Instant::now();
             let flooded = calls(instance.name());
+            // Calls that ran past the flood would be timed idle.
+            let took = started.elapsed();
+            ensure!(
+                took + Duration::from_millis(200) < window,
+                "the calls took {took:?}, past the flood's window of {window:?}"
+            );
             let sample = flood
                 .join()
                 .map_err(|_| anyhow!("the flood's thread panicked"))??;

@@ -456,6 +456,37 @@ impl Agent {
 }
 
 impl Kernel {
+    /// Gives each interface a counter row, the one it had in `before` where it can, and
+    /// returns the rows. The datapath enforces already, so a failure here costs counters
+    /// only: it is logged, never fatal.
+    pub(super) fn assign_rows(
+        &mut self,
+        before: &super::rows::InterfaceRows,
+    ) -> super::rows::InterfaceRows {
+        let rows = super::rows::assign(before, &self.ifaces);
+        for iface in self.ifaces.iter().filter(|i| !rows.contains_key(*i)) {
+            tracing::warn!(
+                "{iface}: no counter row is left for it; its packets count as {}",
+                stats::OTHER
+            );
+        }
+        // Only the interfaces that keep their rows point at rows while the others are folded
+        // into row 0, so that a row given to another interface starts from zero.
+        let kept: super::rows::InterfaceRows = rows
+            .iter()
+            .filter(|(iface, row)| before.get(*iface) == Some(row))
+            .map(|(iface, row)| (iface.clone(), *row))
+            .collect();
+        let folded = self.point_rows(&kept).and_then(|()| {
+            let rows: Vec<u8> = kept.values().copied().collect();
+            self.counters.fold_rows_except(&rows)
+        });
+        if let Err(err) = folded.and_then(|()| self.point_rows(&rows)) {
+            tracing::error!("setting up the counters per interface: {err}");
+        }
+        rows
+    }
+
     /// Points each interface's ifindex at its counter row.
     pub(super) fn point_rows(
         &mut self,

@@ -153,17 +153,7 @@ impl Agent {
             maps,
             counters,
         };
-        state.interface_rows = super::rows::assign(&state.interface_rows, &kernel.ifaces);
-        for iface in kernel
-            .ifaces
-            .iter()
-            .filter(|i| !state.interface_rows.contains_key(*i))
-        {
-            tracing::warn!("{iface}: no counter row is left for it; its packets count with the interfaces not attached, as {}", crate::telemetry::stats::OTHER);
-        }
-        kernel.point_rows(&state.interface_rows)?;
-        let kept: Vec<u8> = state.interface_rows.values().copied().collect();
-        kernel.counters.fold_rows_except(&kept)?;
+        state.interface_rows = kernel.assign_rows(&state.interface_rows);
         state.save(&instance.state_file())?;
         let now = SystemTime::now();
         Ok(Agent {

@@ -90,6 +90,9 @@ pub fn run(instance: Instance, options: RunOptions) -> Result<(), AgentError> {
                 None
             }
         };
+        // The program whose log was last opened (or tried): a failure is not retried until
+        // another program takes the links.
+        let mut log_program = KernelLog::program_in_force(&agent.kernel.pins, agent.kernel.mode).ok();
         let mut kernel_log = open_kernel_log(&agent);
         let mut refill = tokio::time::interval(std::time::Duration::from_secs(1));
         // A refill missed while the agent was busy is not made up for in a burst.
@@ -178,7 +181,12 @@ pub fn run(instance: Instance, options: RunOptions) -> Result<(), AgentError> {
                     // A larger policy or an upgrade put another program, with its own log,
                     // under the links.
                     let program = KernelLog::program_in_force(&agent.kernel.pins, agent.kernel.mode).ok();
-                    if program != kernel_log.as_ref().map(|log| log.get_ref().program()) {
+                    if program != log_program {
+                        // What the old program logged before the swap is logged first.
+                        if let Some(mut old) = kernel_log.take() {
+                            old.get_mut().flush();
+                        }
+                        log_program = program;
                         kernel_log = open_kernel_log(&agent);
                     }
                 }

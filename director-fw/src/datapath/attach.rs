@@ -6,7 +6,7 @@ use aya::programs::{
     links::{FdLink, LinkOrder, PinnedLink},
     tc::{SchedClassifierLink, TcAttachOptions, TcAttachType},
     xdp::XdpLink,
-    SchedClassifier, Xdp, XdpMode,
+    ProgramError, SchedClassifier, Xdp, XdpMode,
 };
 use serde::{Deserialize, Serialize};
 
@@ -103,9 +103,25 @@ pub(super) fn attach_tc(tc: &mut SchedClassifier, iface: &str) -> Result<FdLink,
     let tcx = TcAttachOptions::TcxOrder(LinkOrder::default());
     let id = tc
         .attach_with_options(iface, TcAttachType::Ingress, tcx)
-        .map_err(|source| DatapathError::NoTcx {
-            iface: iface.to_string(),
-            source,
+        .map_err(|source| {
+            // A kernel without TCX does not know the attach type.
+            let unknown = match &source {
+                ProgramError::SyscallError(err) => matches!(
+                    err.io_error.raw_os_error(),
+                    Some(libc::EINVAL | libc::EOPNOTSUPP)
+                ),
+                _ => false,
+            };
+            let iface = iface.to_string();
+            if unknown {
+                DatapathError::NoTcx { iface, source }
+            } else {
+                DatapathError::Attach {
+                    iface,
+                    mode: AttachMode::Tc.name(),
+                    source,
+                }
+            }
         })?;
     let link = tc.take_link(id)?;
     fd_link(iface, link)

@@ -1,7 +1,7 @@
 //! The per-CPU counter maps: one slot per rule, and a row per interface of every verdict (see
 //! `director_fw_common::verdict` and `director_fw_common::interfaces`).
 
-use aya::maps::{Array, Map, PerCpuArray};
+use aya::maps::{Array, Map, MapData, PerCpuArray, PerCpuValues};
 use director_fw_common::{
     interfaces::{
         interface_counter, InterfaceRow, InterfaceRows, ANY_RULE, IFINDEX_LIMIT, INTERFACE_ROWS,
@@ -77,7 +77,8 @@ impl Counters {
     }
 
     /// Points each interface of `assigned` (that exists now) at its row, every other ifindex
-    /// at row 0. The rows are one value, written in one update. Returns the interfaces whose
+    /// at row 0, in one map update (a packet may see a mix of the old and the new rows while
+    /// it is written, which only moves its count between rows). Returns the interfaces whose
     /// ifindex is too large to have a row.
     pub fn assign_rows<'a>(
         &mut self,
@@ -100,29 +101,52 @@ impl Counters {
     }
 
     /// Adds every row but `keep` (and row 0) into row 0 and zeroes it, so that a row an
-    /// interface no longer has is free for another, and the totals over rows never go down.
+    /// interface no longer has is free for another, and the totals over rows keep what it
+    /// counted. A packet counted in row 0 during the fold itself may be lost: no interface
+    /// points at the folded rows then, but row 0 counts on. Also folds in what an object
+    /// from before the counters per interface counted for verdicts without a rule, in the
+    /// low slots of `COUNTERS`, which this object never writes.
     pub fn fold_rows_except(&mut self, keep: &[u8]) -> Result<(), DatapathError> {
-        let mut array: PerCpuArray<_, Counter> = PerCpuArray::try_from(&mut self.interfaces)?;
+        let mut rows: PerCpuArray<_, Counter> = PerCpuArray::try_from(&mut self.interfaces)?;
+        // What an older object counted without a rule, in `COUNTERS`' low slots.
+        let mut rules: PerCpuArray<_, Counter> = PerCpuArray::try_from(&mut self.rules)?;
+        for slot in 0..ANY_RULE {
+            let counts = rules.get(&slot, 0)?;
+            if add_to_row_0(&mut rows, slot, &counts)? {
+                rules.set(slot, on_every_cpu(Counter::default())?, 0)?;
+            }
+        }
         for row in (1..INTERFACE_ROWS).filter(|r| !keep.iter().any(|&k| u32::from(k) == *r)) {
             for slot in 0..INTERFACE_SLOTS {
                 let index = interface_counter(row, slot);
-                let counts = array.get(&index, 0)?;
-                if counts.iter().all(|c| c.packets == 0 && c.bytes == 0) {
-                    continue;
+                let counts = rows.get(&index, 0)?;
+                if add_to_row_0(&mut rows, slot, &counts)? {
+                    rows.set(index, on_every_cpu(Counter::default())?, 0)?;
                 }
-                let into = interface_counter(0, slot);
-                let folded: Vec<Counter> = array
-                    .get(&into, 0)?
-                    .iter()
-                    .zip(counts.iter())
-                    .map(|(a, b)| sum([a, b].into_iter()))
-                    .collect();
-                array.set(into, per_cpu(folded)?, 0)?;
-                array.set(index, on_every_cpu(Counter::default())?, 0)?;
             }
         }
         Ok(())
     }
+}
+
+/// Adds per-CPU `counts` into `slot` of row 0; whether there was anything to add.
+fn add_to_row_0(
+    rows: &mut PerCpuArray<&mut MapData, Counter>,
+    slot: u32,
+    counts: &PerCpuValues<Counter>,
+) -> Result<bool, DatapathError> {
+    if counts.iter().all(|c| c.packets == 0 && c.bytes == 0) {
+        return Ok(false);
+    }
+    let into = interface_counter(0, slot);
+    let folded: Vec<Counter> = rows
+        .get(&into, 0)?
+        .iter()
+        .zip(counts.iter())
+        .map(|(a, b)| sum([a, b].into_iter()))
+        .collect();
+    rows.set(into, per_cpu(folded)?, 0)?;
+    Ok(true)
 }
 
 fn sum<'a>(counters: impl Iterator<Item = &'a Counter>) -> Counter {

@@ -11,7 +11,6 @@ use super::{AttachMode, DatapathError, Pins};
 
 pub struct KernelLog {
     logger: EbpfLogger<Forward>,
-    program: u32,
 }
 
 impl KernelLog {
@@ -20,7 +19,7 @@ impl KernelLog {
         let program = KernelLog::program_in_force(pins, mode)?;
         let logger = EbpfLogger::init_from_id_with_logger(program, Forward)
             .map_err(|err| DatapathError::Pins(format!("the kernel program's log: {err}")))?;
-        Ok(KernelLog { logger, program })
+        Ok(KernelLog { logger })
     }
 
     /// The id of the program `mode`'s links run: it changes when a larger policy or an
@@ -30,10 +29,6 @@ impl KernelLog {
             .program_path(mode.program())
             .ok_or_else(|| DatapathError::Pins(format!("no pinned {} program", mode.program())))?;
         Ok(ProgramInfo::from_pin(path)?.id())
-    }
-
-    pub fn program(&self) -> u32 {
-        self.program
     }
 
     /// Logs every record waiting.

@@ -332,4 +332,31 @@ mod tests {
         assert_eq!(alone.rules, hlb.policy().rules);
         assert_eq!(alone.roles, hlb.roles);
     }
+
+    #[test]
+    fn combining_maps_each_profile_s_roles_by_name() {
+        let profile = |text: &str| -> Profile { toml::from_str(text).unwrap() };
+        let head = "product = \"p\"\ntitle = \"t\"\npage = \"p.md\"\ntable = \"T\"\n";
+        let a = profile(&format!(
+            "name = \"a\"\n{head}roles = [\"x\", \"y\"]\n[[rules]]\nid = \"a1\"\nfrom = \"x\"\nto = \"y\"\nproto = \"tcp\"\nports = [\"1\"]\nrows = [1]\n"
+        ));
+        let b = profile(&format!(
+            "name = \"b\"\n{head}roles = [\"y\", \"z\", \"x\"]\n[[rules]]\nid = \"b1\"\nfrom = \"z\"\nto = \"x\"\nproto = \"udp\"\nports = [\"2\"]\nrows = [1]\n[[rules]]\nid = \"b2\"\nfrom = \"any\"\nto = \"y\"\nproto = \"tcp\"\nports = [\"3\"]\nrows = [2]\n"
+        ));
+        let both = combine(&[&a, &b]).unwrap();
+        assert_eq!(both.roles, ["x", "y", "z"]);
+        let ends: Vec<(&str, &str, &str)> = both
+            .rules
+            .iter()
+            .map(|r| {
+                (
+                    r.id.as_str(),
+                    both.source_name(r.from),
+                    both.role_name(r.to),
+                )
+            })
+            .collect();
+        assert_eq!(ends, [("a1", "x", "y"), ("b1", "z", "x"), ("b2", ANY, "y")]);
+        assert_eq!(both.profiles, ["a", "b"]);
+    }
 }

@@ -40,8 +40,34 @@ pub struct InterfaceStat {
     pub drops: Vec<DropStat>,
 }
 
+impl InterfaceStat {
+    /// What the interface let through: passes of every kind, and drops that audit mode passed.
+    pub fn passed(&self) -> Counter {
+        let passes = self.passes.iter().map(|p| (p.packets, p.bytes));
+        let audited = self.drops.iter().filter(|d| d.audit);
+        add(passes.chain(audited.map(|d| (d.packets, d.bytes))))
+    }
+
+    /// What the interface dropped.
+    pub fn dropped(&self) -> Counter {
+        add(self
+            .drops
+            .iter()
+            .filter(|d| !d.audit)
+            .map(|d| (d.packets, d.bytes)))
+    }
+}
+
+fn add(counts: impl Iterator<Item = (u64, u64)>) -> Counter {
+    counts.fold(Counter::default(), |sum, (packets, bytes)| Counter {
+        packets: sum.packets + packets,
+        bytes: sum.bytes + bytes,
+    })
+}
+
 /// The name under which interfaces without a counter row of their own are counted: ones the
-/// agent no longer attaches.
+/// agent no longer attaches, and attached ones beyond the rows there are or with an ifindex
+/// too large for one.
 pub const OTHER: &str = "(other)";
 /// The pass kind of an interface's passes by any rule.
 pub const RULE_KIND: &str = "rule";
@@ -165,9 +191,11 @@ pub fn render(stats: &Stats) -> String {
     }
     out += &format!("\n{:<28} {:>14} {:>16}\n", "INTERFACE", "PASSED", "DROPPED");
     for i in &stats.by_interface {
-        let passed: u64 = i.passes.iter().map(|p| p.packets).sum();
-        let dropped: u64 = i.drops.iter().filter(|d| !d.audit).map(|d| d.packets).sum();
-        out += &format!("{:<28} {:>14} {:>16}\n", i.interface, passed, dropped);
+        let (passed, dropped) = (i.passed(), i.dropped());
+        out += &format!(
+            "{:<28} {:>14} {:>16}\n",
+            i.interface, passed.packets, dropped.packets
+        );
     }
     out
 }
