@@ -123,21 +123,22 @@ struct IcmpHdr {
     _seq: u16,
 }
 
-/// Where a packet stands among its fragments. A struct, not an enum with data: every byte of
-/// a `Packet` must be written, because a value moved with bytes never written (an enum's
-/// unused payload) makes LLVM copy stack slots never stored to, which verifiers before 5.16
-/// refuse to read ("invalid read from stack").
+/// Where a packet stands among its fragments. A struct, not an enum with data, and with no
+/// padding (hence a `u32` kind): every byte of a `Packet` must be written, because a value
+/// moved with bytes never written (an enum's unused payload, padding) makes LLVM copy stack
+/// slots never stored to, which verifiers before 5.16 refuse to read ("invalid read from
+/// stack").
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Fragment {
-    kind: u8,
+    kind: u32,
     /// The IP identification; 0 when `kind` is `WHOLE`.
     id: u32,
 }
 
 impl Fragment {
-    const WHOLE: u8 = 0;
-    const FIRST: u8 = 1;
-    const LATER: u8 = 2;
+    const WHOLE: u32 = 0;
+    const FIRST: u32 = 1;
+    const LATER: u32 = 2;
 
     /// Not a fragment.
     pub const NONE: Fragment = Fragment {
