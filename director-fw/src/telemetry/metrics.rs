@@ -159,29 +159,27 @@ pub fn render(snapshot: &Snapshot<'_>) -> String {
         }
     }
 
-    let gauge = |registry: &mut Registry, name: &str, help: &str, value: i64| {
-        let g = Gauge::<i64>::default();
-        g.set(value);
-        registry.register(name, help, g);
-    };
-    gauge(
-        &mut registry,
-        "flow_table_entries",
-        "Flows tracked now",
-        snapshot.flow_entries,
-    );
-    gauge(
-        &mut registry,
-        "flow_table_capacity",
-        "Flows the flow table holds at most",
-        snapshot.flow_capacity,
-    );
-    gauge(
-        &mut registry,
-        "last_change_timestamp_seconds",
-        "Time of the last policy change (start, peers, reload, audit), seconds since the epoch",
-        snapshot.last_change,
-    );
+    for (name, help, value) in [
+        (
+            "flow_table_entries",
+            "Flows tracked now",
+            snapshot.flow_entries,
+        ),
+        (
+            "flow_table_capacity",
+            "Flows the flow table holds at most",
+            snapshot.flow_capacity,
+        ),
+        (
+            "last_change_timestamp_seconds",
+            "Time of the last policy change (start, peers, reload, audit), seconds since the epoch",
+            snapshot.last_change,
+        ),
+    ] {
+        let gauge = Gauge::<i64>::default();
+        gauge.set(value);
+        registry.register(name, help, gauge);
+    }
     let peers = Family::<RoleLabel, Gauge>::default();
     registry.register("peers", "Peer entries in force, per role", peers.clone());
     for (role, n) in &snapshot.peers {
@@ -189,23 +187,22 @@ pub fn render(snapshot: &Snapshot<'_>) -> String {
             .get_or_create(&RoleLabel { role: role.clone() })
             .set(*n);
     }
-    let counter = |registry: &mut Registry, name: &str, help: &str, value: u64| {
-        let c = Counter::<u64>::default();
-        c.inc_by(value);
-        registry.register(name, help, c);
-    };
-    counter(
-        &mut registry,
-        "policy_reloads",
-        "Policy reloads applied since the agent started",
-        snapshot.reloads,
-    );
-    counter(
-        &mut registry,
-        "policy_reload_failures",
-        "Policy reloads refused since the agent started",
-        snapshot.reload_failures,
-    );
+    for (name, help, value) in [
+        (
+            "policy_reloads",
+            "Policy reloads applied since the agent started",
+            snapshot.reloads,
+        ),
+        (
+            "policy_reload_failures",
+            "Policy reloads refused since the agent started",
+            snapshot.reload_failures,
+        ),
+    ] {
+        let counter = Counter::<u64>::default();
+        counter.inc_by(value);
+        registry.register(name, help, counter);
+    }
     if let Some((sent, suppressed, lost)) = snapshot.events {
         let events = Family::<OutcomeLabel, Counter>::default();
         registry.register(
