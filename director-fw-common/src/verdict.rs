@@ -140,6 +140,23 @@ pub struct Counter {
     pub bytes: u64,
 }
 
+impl core::ops::Add for Counter {
+    type Output = Counter;
+
+    fn add(self, other: Counter) -> Counter {
+        Counter {
+            packets: self.packets + other.packets,
+            bytes: self.bytes + other.bytes,
+        }
+    }
+}
+
+impl core::iter::Sum for Counter {
+    fn sum<I: Iterator<Item = Counter>>(counters: I) -> Counter {
+        counters.fold(Counter::default(), |sum, c| sum + c)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -65,10 +65,6 @@ static APT_UPDATED: AtomicBool = AtomicBool::new(false);
 pub struct Env {
     /// Root of the cargo workspace.
     pub workspace: PathBuf,
-    /// The bpf-linker binary built for the current nightly (also exported as
-    /// `DIRECTOR_FW_BPF_LINKER`, and its directory is first on PATH).
-    #[allow(dead_code)] // read by the demo/bench modules, which are still stubs
-    pub bpf_linker: PathBuf,
 }
 
 impl Env {
@@ -96,10 +92,7 @@ pub fn ensure() -> Result<Env> {
     ensure_debian_packages()?;
     ensure_bpffs()?;
     export_env(&bpf_linker)?;
-    Ok(Env {
-        workspace,
-        bpf_linker,
-    })
+    Ok(Env { workspace })
 }
 
 fn require_root() -> Result<()> {

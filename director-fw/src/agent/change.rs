@@ -461,8 +461,8 @@ impl Kernel {
     /// only: it is logged, never fatal.
     pub(super) fn assign_rows(
         &mut self,
-        before: &super::rows::InterfaceRows,
-    ) -> super::rows::InterfaceRows {
+        before: &super::rows::RowsByName,
+    ) -> super::rows::RowsByName {
         let rows = super::rows::assign(before, &self.ifaces);
         for iface in self.ifaces.iter().filter(|i| !rows.contains_key(*i)) {
             tracing::warn!(
@@ -472,7 +472,7 @@ impl Kernel {
         }
         // Only the interfaces that keep their rows point at rows while the others are folded
         // into row 0, so that a row given to another interface starts from zero.
-        let kept: super::rows::InterfaceRows = rows
+        let kept: super::rows::RowsByName = rows
             .iter()
             .filter(|(iface, row)| before.get(*iface) == Some(row))
             .map(|(iface, row)| (iface.clone(), *row))
@@ -490,7 +490,7 @@ impl Kernel {
     /// Points each interface's ifindex at its counter row.
     pub(super) fn point_rows(
         &mut self,
-        rows: &super::rows::InterfaceRows,
+        rows: &super::rows::RowsByName,
     ) -> Result<(), DatapathError> {
         let named = rows.iter().map(|(iface, &row)| (iface.as_str(), row));
         for iface in self.counters.assign_rows(named)? {

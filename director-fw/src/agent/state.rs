@@ -25,7 +25,7 @@ pub struct State {
     pub rule_slots: RuleSlots,
     /// The counter row of each interface.
     #[serde(default)]
-    pub interface_rows: super::rows::InterfaceRows,
+    pub interface_rows: super::rows::RowsByName,
     /// `audit on|off`: it holds across reloads and restarts until the next `audit`.
     #[serde(default)]
     pub audit: Option<bool>,

@@ -44,8 +44,7 @@ impl Args {
         }
         let end = |addr: Option<IpAddr>, port: u16| match (addr, port) {
             (None, _) => "?".to_string(),
-            (Some(IpAddr::V6(a)), p) if p != 0 => format!("[{a}]:{p}"),
-            (Some(a), p) if p != 0 => format!("{a}:{p}"),
+            (Some(a), p) if p != 0 => std::net::SocketAddr::new(a, p).to_string(),
             (Some(a), _) => a.to_string(),
         };
         let roles = |r: &[String]| {

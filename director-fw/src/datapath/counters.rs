@@ -40,7 +40,7 @@ impl Counters {
     /// Packets and bytes of one rule's counter slot, summed over CPUs.
     pub fn rule(&self, slot: u32) -> Result<Counter, DatapathError> {
         let array: PerCpuArray<_, Counter> = PerCpuArray::try_from(&self.rules)?;
-        Ok(sum(array.get(&slot, 0)?.iter()))
+        Ok(array.get(&slot, 0)?.iter().copied().sum())
     }
 
     /// Packets and bytes of a verdict slot (`Verdict::slot`), summed over CPUs and, for a
@@ -53,7 +53,7 @@ impl Counters {
         let mut total = Counter::default();
         for row in 0..INTERFACE_ROWS {
             let counts = array.get(&interface_counter(row, slot), 0)?;
-            total = sum([total].iter().chain(counts.iter()));
+            total = total + counts.iter().copied().sum();
         }
         Ok(total)
     }
@@ -71,7 +71,7 @@ impl Counters {
         let mut out = [Counter::default(); INTERFACE_SLOTS as usize];
         for (slot, counter) in (0..INTERFACE_SLOTS).zip(&mut out) {
             let index = interface_counter(u32::from(row), slot);
-            *counter = sum(array.get(&index, 0)?.iter());
+            *counter = array.get(&index, 0)?.iter().copied().sum();
         }
         Ok(out)
     }
@@ -143,15 +143,8 @@ fn add_to_row_0(
         .get(&into, 0)?
         .iter()
         .zip(counts.iter())
-        .map(|(a, b)| sum([a, b].into_iter()))
+        .map(|(a, b)| *a + *b)
         .collect();
     rows.set(into, per_cpu(folded)?, 0)?;
     Ok(true)
-}
-
-fn sum<'a>(counters: impl Iterator<Item = &'a Counter>) -> Counter {
-    counters.fold(Counter::default(), |acc, c| Counter {
-        packets: acc.packets + c.packets,
-        bytes: acc.bytes + c.bytes,
-    })
 }

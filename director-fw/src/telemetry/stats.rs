@@ -45,24 +45,24 @@ impl InterfaceStat {
     pub fn passed(&self) -> Counter {
         let passes = self.passes.iter().map(|p| (p.packets, p.bytes));
         let audited = self.drops.iter().filter(|d| d.audit);
-        add(passes.chain(audited.map(|d| (d.packets, d.bytes))))
+        passes
+            .chain(audited.map(|d| (d.packets, d.bytes)))
+            .map(counter)
+            .sum()
     }
 
     /// What the interface dropped.
     pub fn dropped(&self) -> Counter {
-        add(self
-            .drops
+        self.drops
             .iter()
             .filter(|d| !d.audit)
-            .map(|d| (d.packets, d.bytes)))
+            .map(|d| counter((d.packets, d.bytes)))
+            .sum()
     }
 }
 
-fn add(counts: impl Iterator<Item = (u64, u64)>) -> Counter {
-    counts.fold(Counter::default(), |sum, (packets, bytes)| Counter {
-        packets: sum.packets + packets,
-        bytes: sum.bytes + bytes,
-    })
+fn counter((packets, bytes): (u64, u64)) -> Counter {
+    Counter { packets, bytes }
 }
 
 /// The name under which interfaces without a counter row of their own are counted: ones the
@@ -111,8 +111,7 @@ pub fn collect<E>(
     let mut total = [Counter::default(); ANY_RULE as usize + 1];
     for (_, row) in rows {
         for (sum, c) in total.iter_mut().zip(row) {
-            sum.packets += c.packets;
-            sum.bytes += c.bytes;
+            *sum = *sum + *c;
         }
     }
     (stats.passes, stats.drops) = verdicts(&total, false);
