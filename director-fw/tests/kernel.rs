@@ -5,7 +5,10 @@ mod common;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use common::{addr, frames::*, lab_policy, root_or_skip, Kernel};
-use director_fw::{policy::Source, Policy};
+use director_fw::{
+    policy::{Protocol, Source},
+    Policy,
+};
 use director_fw_common::{
     config::{FLAG_AUDIT, FLAG_ICMP_ECHO_DENY},
     interfaces::{ANY_RULE, INTERFACE_SLOTS},
@@ -506,6 +509,9 @@ fn an_interface_with_a_row_counts_in_it_and_gives_it_back_to_row_0() {
         [Default::default(); INTERFACE_SLOTS as usize]
     );
     assert_eq!(in_row_0(&k).packets, 1);
+    assert_eq!(in_row_0(&k).bytes, drop.len() as u64);
+    let any_rule = k.datapath.state.counters.row(0).unwrap()[ANY_RULE as usize];
+    assert_eq!((any_rule.packets, any_rule.bytes), (1, pass.len() as u64));
     k.judge(&drop);
     assert_eq!(in_row_0(&k).packets, 2);
     assert_eq!(k.counter(NO_RULE.slot()).packets, 2);
@@ -684,9 +690,10 @@ fn every_profile_passes_its_rules_and_nothing_next_to_them() {
         // Every role, and an address in none.
         let everyone: Vec<Option<usize>> =
             (0..profile.roles.len()).map(Some).chain([None]).collect();
-        let allowed = |from: Option<usize>, to: usize, port: u16| {
+        let allowed = |from: Option<usize>, to: usize, protocol: Protocol, port: u16| {
             rules.iter().position(|r| {
                 r.to == to
+                    && r.protocol == protocol
                     && r.matches_port(port)
                     && match r.from {
                         Source::Any => true,
@@ -694,30 +701,40 @@ fn every_profile_passes_its_rules_and_nothing_next_to_them() {
                     }
             })
         };
+        let packet = |protocol, src, sport, dst, dport, flags| match protocol {
+            Protocol::Tcp => Frame::tcp(src, sport, dst, dport, flags).bytes(),
+            Protocol::Udp => Frame::udp(src, sport, dst, dport).bytes(),
+        };
         for v6 in [false, true] {
             for rule in &rules {
-                let (first, last) = (*rule.ports[0].start(), *rule.ports[0].end());
-                for &from in &everyone {
-                    for port in [first - 1, first, last, last + 1] {
-                        k.datapath.clear_flows().unwrap();
-                        let frame = Frame::tcp(
-                            host(from, v6),
-                            40000,
-                            host(Some(rule.to), v6),
-                            port,
-                            TCP_SYN,
-                        );
-                        let expected = match allowed(from, rule.to, port) {
-                            Some(index) => Verdict::Rule(index as u32),
-                            None => NO_RULE,
-                        };
-                        assert_eq!(
-                            k.judge(&frame.bytes()),
-                            expected,
-                            "{}: {} from {from:?} to port {port}, v6={v6}",
-                            profile.name,
-                            rule.id
-                        );
+                let to = host(Some(rule.to), v6);
+                for range in &rule.ports {
+                    let (first, last) = (*range.start(), *range.end());
+                    for &from in &everyone {
+                        for port in [first - 1, first, last, last + 1] {
+                            k.datapath.clear_flows().unwrap();
+                            let src = host(from, v6);
+                            let forward = packet(rule.protocol, src, 40000, to, port, TCP_SYN);
+                            let expected = match allowed(from, rule.to, rule.protocol, port) {
+                                Some(index) => Verdict::Rule(index as u32),
+                                None => NO_RULE,
+                            };
+                            let context = format!(
+                                "{}: {} from {from:?} to port {port}, v6={v6}",
+                                profile.name, rule.id
+                            );
+                            assert_eq!(k.judge(&forward), expected, "{context}");
+                            if expected != NO_RULE {
+                                // The pass opened a flow: the reply comes back through it.
+                                let reply =
+                                    packet(rule.protocol, to, port, src, 40000, TCP_SYN | TCP_ACK);
+                                assert_eq!(
+                                    k.judge(&reply),
+                                    Verdict::Pass(PassKind::Flow),
+                                    "{context}: reply"
+                                );
+                            }
+                        }
                     }
                 }
             }

@@ -33,10 +33,7 @@ pub struct DropEvents {
 impl DropEvents {
     /// The pinned event maps of a running datapath.
     pub fn open(pins: &Pins) -> Result<DropEvents, DatapathError> {
-        let open = |name| -> Result<Map, DatapathError> {
-            Ok(Map::from_map_data(MapData::from_pin(pins.map(name))?)?)
-        };
-        let ring = match open(maps::EVENTS)? {
+        let ring = match pins.open(maps::EVENTS)? {
             Map::RingBuf(data) => RingBuf::try_from(Map::RingBuf(data))?,
             other => {
                 return Err(DatapathError::Pins(format!(
@@ -47,8 +44,8 @@ impl DropEvents {
         let cpus = possible_cpus()?;
         Ok(DropEvents {
             ring,
-            budget: open(maps::EVENT_BUDGET)?,
-            stats: open(maps::EVENT_STATS)?,
+            budget: pins.open(maps::EVENT_BUDGET)?,
+            stats: pins.open(maps::EVENT_STATS)?,
             cpus: cpus as u32,
         })
     }

@@ -314,7 +314,7 @@ impl Pins {
         }))
     }
 
-    fn open(&self, name: &'static str) -> Result<Map, DatapathError> {
+    pub(super) fn open(&self, name: &'static str) -> Result<Map, DatapathError> {
         Ok(Map::from_map_data(MapData::from_pin(self.map(name))?)?)
     }
 

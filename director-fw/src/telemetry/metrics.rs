@@ -297,16 +297,22 @@ mod tests {
             "director_fw_peers{role=\"director\"} 2",
             "director_fw_policy_reloads_total 1",
             "director_fw_build_info{version=\"0.1.0\",object=\"abcd\"} 1",
+            "director_fw_drop_events_total{outcome=\"sent\"} 4",
             "director_fw_drop_events_total{outcome=\"suppressed\"} 6",
+            "director_fw_drop_events_total{outcome=\"lost\"} 0",
+            "director_fw_policy_reload_failures_total 0",
+            "director_fw_last_change_timestamp_seconds 1700000000",
         ] {
-            assert!(text.contains(line), "no {line:?} in:\n{text}");
+            assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
         }
         // The Grafana dashboard only graphs metrics that exist.
         let dashboard = include_str!("../../../contrib/grafana/director-fw.json");
-        for name in dashboard
+        let graphed: Vec<&str> = dashboard
             .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
             .filter(|w| w.starts_with("director_fw_"))
-        {
+            .collect();
+        assert!(graphed.len() >= 10, "the dashboard graphs {graphed:?}");
+        for name in graphed {
             assert!(
                 text.contains(&format!("{name}{{")) || text.contains(&format!("{name} ")),
                 "the dashboard graphs {name}, which the agent does not export"

@@ -115,6 +115,7 @@ mod tests {
     #[test]
     fn rates_are_per_second_and_never_negative() {
         let first = rows(None, &stats(10, 5), 1.0);
+        assert_eq!(first.len(), 2);
         assert!(first.iter().all(|r| r.packets_per_sec == 0.0));
         let next = rows(Some(&stats(10, 5)), &stats(30, 5), 2.0);
         assert_eq!(
@@ -123,7 +124,10 @@ mod tests {
         );
         assert_eq!(next[1].packets_per_sec, 0.0);
         let reset = rows(Some(&stats(30, 5)), &stats(3, 5), 1.0);
-        assert_eq!(reset[0].packets_per_sec, 0.0);
+        assert_eq!(
+            (reset[0].packets_per_sec, reset[0].bytes_per_sec),
+            (0.0, 0.0)
+        );
     }
 
     #[test]
