@@ -1,6 +1,5 @@
 //! The runtime control plane end to end, with the real agent in the network-namespace lab:
-//! peers from the CLI, enforcement that outlives the agent (kill -9, SIGTERM, SIGHUP, an
-//! upgrade), bad input that changes nothing, the socket's security, and commit-confirmed
+//! peers from the CLI, bad input that changes nothing, the socket's security, and commit-confirmed
 //! reloads. Every test runs its own instance and lab, and detaches and deletes them at the
 //! end, also when it fails.
 
@@ -19,14 +18,11 @@ use common::{
     lab_run::{LabRun, AGENT},
     root_or_skip,
 };
-use director_fw::{datapath::object_id, instance::Instance};
-use director_fw_lab::{agent_pin_dir, tcp_exchange, Agent, Conversation, Lab, Role};
+use director_fw::instance::Instance;
+use director_fw_lab::{agent_pin_dir, Agent, Lab, Role};
 use serde_json::Value;
 
 use Role::{Director, InternalClients, Outsider, ReverseProxy};
-
-const PASS_TIMEOUT: Duration = Duration::from_secs(2);
-const DROP_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The lab's peers, but for `left_out`, which then has no role.
 fn peers_except(lab: &Lab, left_out: Role) -> String {
@@ -39,15 +35,6 @@ fn peers_except(lab: &Lab, left_out: Role) -> String {
         out += &format!("{} = [\"{}\", \"{}\"]\n", h.role.name(), h.v4, h.v6);
     }
     out
-}
-
-fn connects(lab: &Lab, from: Role, to: Role, port: u16, ipv6: bool) -> bool {
-    let timeout = PASS_TIMEOUT.min(DROP_TIMEOUT);
-    tcp_exchange(lab.host(from), lab.host(to), port, ipv6, timeout).unwrap_or(false)
-}
-
-fn status(run: &LabRun) -> Value {
-    run.json(&["status", "--json"])
 }
 
 #[test]
@@ -65,7 +52,7 @@ fn peers_added_at_runtime_take_effect_at_once_and_survive_a_restart() {
     let (v4, v6) = (client.v4.to_string(), client.v6.to_string());
     for ipv6 in [false, true] {
         assert!(
-            !connects(&run.lab, InternalClients, Director, 443, ipv6),
+            !run.connects(InternalClients, Director, 443, ipv6),
             "a host in no role reached the Director (ipv6: {ipv6})"
         );
     }
@@ -74,7 +61,7 @@ fn peers_added_at_runtime_take_effect_at_once_and_survive_a_restart() {
     // When the command has returned, the kernel enforces it: no wait here.
     for ipv6 in [false, true] {
         assert!(
-            connects(&run.lab, InternalClients, Director, 443, ipv6),
+            run.connects(InternalClients, Director, 443, ipv6),
             "a runtime peer could not reach the Director right after `peers add` (ipv6: {ipv6})"
         );
     }
@@ -91,161 +78,21 @@ fn peers_added_at_runtime_take_effect_at_once_and_survive_a_restart() {
     // A restart restores them from the state file, on top of the policy file.
     run.agent.take().unwrap().stop(Agent::STOP_TIMEOUT);
     run.start_agent(&[]);
-    assert_eq!(status(&run)["runtime_peers"], 2);
-    assert_eq!(status(&run)["start"], "adopted");
+    assert_eq!(run.status()["runtime_peers"], 2);
+    assert_eq!(run.status()["start"], "adopted");
     for ipv6 in [false, true] {
         assert!(
-            connects(&run.lab, InternalClients, Director, 443, ipv6),
+            run.connects(InternalClients, Director, 443, ipv6),
             "the runtime peer was lost across a restart (ipv6: {ipv6})"
         );
     }
     run.ok(&["peers", "del", "internal-clients", &v4, &v6]);
     for ipv6 in [false, true] {
         assert!(
-            !connects(&run.lab, InternalClients, Director, 443, ipv6),
+            !run.connects(InternalClients, Director, 443, ipv6),
             "a deleted peer still reached the Director (ipv6: {ipv6})"
         );
     }
-}
-
-/// The built-in object with its `TRACE` constant set: another build whose program differs
-/// (it records every verdict), and so another object id.
-fn second_build() -> Vec<u8> {
-    use object::{Object, ObjectSection, ObjectSymbol};
-    let mut bytes = director_fw::datapath::OBJECT.to_vec();
-    let file = object::File::parse(director_fw::datapath::OBJECT).expect("the object is ELF");
-    let symbol = file
-        .symbols()
-        .find(|s| s.name() == Ok(director_fw_common::maps::TRACE_GLOBAL))
-        .expect("the object has TRACE");
-    let section = file
-        .section_by_index(symbol.section_index().expect("TRACE has a section"))
-        .unwrap();
-    let (offset, _) = section.file_range().expect("TRACE's section has bytes");
-    let at = (offset + symbol.address() - section.address()) as usize;
-    assert_eq!(bytes[at], 0, "TRACE is 0 in the built-in object");
-    bytes[at] = 1;
-    bytes
-}
-
-/// Whether the program on the links writes `LAST_VERDICT`: it is cleared, a denied connection
-/// is tried, and any CPU's slot that changed says the program records verdicts.
-fn records_verdicts(run: &LabRun, pins: &Path) -> bool {
-    use aya::maps::{Map, MapData, PerCpuArray, PerCpuValues};
-    let data = MapData::from_pin(pins.join("maps/LAST_VERDICT")).expect("the pinned LAST_VERDICT");
-    let mut array: PerCpuArray<_, u32> =
-        PerCpuArray::try_from(Map::PerCpuArray(data)).expect("a per-CPU array");
-    let cpus = aya::util::nr_cpus().expect("the CPU count");
-    let cleared = PerCpuValues::try_from(vec![u32::MAX; cpus]).unwrap();
-    array.set(0, cleared, 0).unwrap();
-    assert!(!connects(&run.lab, Outsider, Director, 443, false));
-    array
-        .get(&0, 0)
-        .unwrap()
-        .iter()
-        .any(|&slot| slot != u32::MAX)
-}
-
-#[test]
-fn an_allowed_connection_lives_through_kill_sigterm_sighup_and_upgrade() {
-    if !root_or_skip("an_allowed_connection_lives_through_kill_sigterm_sighup_and_upgrade") {
-        return;
-    }
-    let mut run = LabRun::start("rt-outlive", "xdp", Lab::peers_toml, "");
-    let pins = agent_pin_dir(run.name());
-    let mut talk = Conversation::open(
-        run.lab.host(InternalClients),
-        run.lab.host(Director),
-        443,
-        false,
-        PASS_TIMEOUT,
-    )
-    .expect("an allowed connection");
-    talk.exchange().expect("it talks");
-    let rule = "clients-director-https";
-    let counted = run.rule_packets(rule);
-    assert!(
-        counted > 0,
-        "the connection's first packets count for {rule}"
-    );
-    let check = |run: &LabRun, talk: &mut Conversation, when: &str| {
-        for _ in 0..3 {
-            talk.exchange()
-                .unwrap_or_else(|e| panic!("{when}: the open connection broke: {e:#}"));
-        }
-        assert!(
-            !connects(&run.lab, Outsider, Director, 443, false),
-            "{when}: a denied host got through"
-        );
-        assert!(
-            pins.join("links").exists(),
-            "{when}: the links' pins are gone"
-        );
-    };
-
-    let mut agent = run.agent.take().unwrap();
-    agent.kill();
-    check(&run, &mut talk, "after kill -9");
-    run.start_agent(&[]);
-    assert_eq!(status(&run)["start"], "adopted");
-    check(
-        &run,
-        &mut talk,
-        "after the restart that adopted the datapath",
-    );
-    assert!(run.rule_packets(rule) >= counted, "the counters were reset");
-
-    let status_code = run.agent.take().unwrap().stop(Agent::STOP_TIMEOUT);
-    assert!(
-        status_code.is_some_and(|s| s.success()),
-        "SIGTERM: {status_code:?}"
-    );
-    check(&run, &mut talk, "after SIGTERM");
-    run.start_agent(&[]);
-
-    let pid = status(&run)["pid"].clone();
-    run.agent.as_ref().unwrap().signal(libc::SIGHUP);
-    thread::sleep(Duration::from_millis(300));
-    assert_eq!(
-        status(&run)["pid"],
-        pid,
-        "SIGHUP must reload, not stop the agent"
-    );
-    check(&run, &mut talk, "after SIGHUP");
-
-    // An upgrade: a new agent with another build of the object. The second build records
-    // every verdict in LAST_VERDICT, which the first never writes: a packet after the
-    // upgrade shows which program the links run.
-    assert!(
-        !records_verdicts(&run, &pins),
-        "the first build already records verdicts"
-    );
-    let before = status(&run)["object"].as_str().unwrap().to_string();
-    let object = std::env::temp_dir().join(format!("{}-second-build.o", run.name()));
-    std::fs::write(&object, second_build()).unwrap();
-    run.agent.take().unwrap().stop(Agent::STOP_TIMEOUT);
-    run.start_agent(&[OsStr::new("--object"), object.as_os_str()]);
-    let _ = std::fs::remove_file(&object);
-    let after = status(&run);
-    assert_eq!(after["start"], "upgraded", "{after}");
-    assert_ne!(after["object"].as_str().unwrap(), before);
-    assert_eq!(
-        after["object"].as_str().unwrap(),
-        object_id(&second_build())
-    );
-    check(&run, &mut talk, "after the upgrade");
-    assert!(
-        records_verdicts(&run, &pins),
-        "the links do not run the second build's program after the upgrade"
-    );
-    assert!(
-        run.rule_packets(rule) >= counted,
-        "the upgrade reset the counters"
-    );
-    eprintln!(
-        "the connection exchanged {} rounds across it all",
-        talk.rounds()
-    );
 }
 
 /// Every refused command changes nothing: not the kernel's maps, not `peers list`, not
@@ -386,7 +233,7 @@ fn an_unconfirmed_reload_reverts_and_a_confirmed_one_stays() {
     let run = LabRun::start("rt-confirm", "xdp", Lab::peers_toml, "");
     let pins = Instance::new(run.name()).unwrap().pins();
     let original = pins.snapshot().unwrap();
-    let first = status(&run)["policy"]["source"].clone();
+    let first = run.status()["policy"]["source"].clone();
     // The same peers without the internal clients: their connections stop while it holds.
     let narrower = std::env::temp_dir().join(format!("{}-narrower.toml", run.name()));
     let text = format!(
@@ -401,11 +248,11 @@ fn an_unconfirmed_reload_reverts_and_a_confirmed_one_stays() {
     let started = Instant::now();
     run.ok(&["policy", "reload", file, "--confirm-within", "2"]);
     run.ok(&["peers", "del", "front-end", "198.18.3.77"]);
-    let pending = status(&run);
+    let pending = run.status();
     assert_eq!(pending["policy"]["source"], file);
     assert!(pending["pending_confirm"].is_object(), "{pending}");
-    assert!(!connects(&run.lab, InternalClients, Director, 443, false));
-    while status(&run)["pending_confirm"].is_object() {
+    assert!(!run.connects(InternalClients, Director, 443, false));
+    while run.status()["pending_confirm"].is_object() {
         assert!(
             started.elapsed() < Duration::from_secs(5),
             "no revert after 5 s"
@@ -416,7 +263,7 @@ fn an_unconfirmed_reload_reverts_and_a_confirmed_one_stays() {
         started.elapsed() >= Duration::from_secs(2),
         "reverted before its deadline"
     );
-    assert_eq!(status(&run)["policy"]["source"], first);
+    assert_eq!(run.status()["policy"]["source"], first);
     let listed = run.ok(&["peers", "list"]);
     assert!(
         !listed.contains("198.18.3.77"),
@@ -426,114 +273,18 @@ fn an_unconfirmed_reload_reverts_and_a_confirmed_one_stays() {
         pins.snapshot().unwrap().same_policy(&original),
         "the revert is not the original"
     );
-    assert!(connects(&run.lab, InternalClients, Director, 443, false));
+    assert!(run.connects(InternalClients, Director, 443, false));
 
     run.ok(&["policy", "reload", file, "--confirm-within", "1"]);
     run.ok(&["policy", "confirm"]);
     thread::sleep(Duration::from_millis(1500));
-    let kept = status(&run);
+    let kept = run.status();
     assert_eq!(
         kept["policy"]["source"], file,
         "a confirmed reload was reverted"
     );
     assert!(kept["pending_confirm"].is_null());
     let _ = std::fs::remove_file(&narrower);
-}
-
-/// An interface that is removed and created again under a pinned datapath is filtered by
-/// nothing (its pinned link is dead). A running agent notices within seconds and attaches
-/// again; an agent that starts afterwards finds it too.
-#[test]
-fn a_recreated_interface_is_filtered_again() {
-    if !root_or_skip("a_recreated_interface_is_filtered_again") {
-        return;
-    }
-    let mut run = LabRun::start("rt-relink", "xdp", Lab::peers_toml, "");
-    recreate_outsider_segment(&run.lab);
-    let started = Instant::now();
-    while connects(&run.lab, Outsider, Director, 443, false) {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "the running agent did not attach to the recreated interface within 10 s"
-        );
-        thread::sleep(Duration::from_millis(200));
-    }
-    assert!(connects(&run.lab, ReverseProxy, Director, 4443, false));
-    let log = run.agent.as_ref().unwrap().log().join("\n");
-    assert!(log.contains("attached again"), "{log}");
-
-    run.agent.take().unwrap().stop(Agent::STOP_TIMEOUT);
-    recreate_outsider_segment(&run.lab);
-    assert!(
-        connects(&run.lab, Outsider, Director, 443, false),
-        "the recreated interface should be unfiltered while no agent runs (the test's premise)"
-    );
-    run.start_agent(&[]);
-    assert!(
-        !connects(&run.lab, Outsider, Director, 443, false),
-        "the agent did not attach to the recreated interface at its start"
-    );
-    assert!(connects(&run.lab, ReverseProxy, Director, 4443, false));
-    let log = run.agent.as_ref().unwrap().log().join("\n");
-    assert!(log.contains("held no interface any more"), "{log}");
-}
-
-/// Deletes the gateway's interface towards the outsider and creates it again, addresses and
-/// route included.
-fn recreate_outsider_segment(lab: &Lab) {
-    let (gw, host) = (lab.gateway_ns(), lab.host(Outsider));
-    let ip = |ns: &str, args: &[&str]| {
-        director_fw_lab::ip_ns(ns, args).unwrap_or_else(|e| panic!("ip {args:?}: {e:#}"));
-    };
-    let (gw_v4, gw_v6) = (format!("{}/24", host.gw_v4), format!("{}/64", host.gw_v6));
-    let v4 = format!("{}/24", host.v4);
-    let via = host.gw_v4.to_string();
-    ip(gw, &["link", "del", &host.gw_iface]);
-    let peer = ["peer", "name", &host.iface, "netns", &host.ns];
-    ip(
-        gw,
-        &[&["link", "add", &host.gw_iface, "type", "veth"][..], &peer].concat(),
-    );
-    ip(gw, &["addr", "add", &gw_v4, "dev", &host.gw_iface]);
-    ip(
-        gw,
-        &["-6", "addr", "add", &gw_v6, "dev", &host.gw_iface, "nodad"],
-    );
-    ip(&host.ns, &["addr", "add", &v4, "dev", &host.iface]);
-    ip(gw, &["link", "set", &host.gw_iface, "up"]);
-    ip(&host.ns, &["link", "set", &host.iface, "up"]);
-    ip(&host.ns, &["route", "add", "default", "via", &via]);
-    thread::sleep(Duration::from_millis(200));
-}
-
-/// `detach` through a running agent: the agent removes the links and pins and stops, and the
-/// interfaces pass everything (the explicit fail-open).
-#[test]
-fn detach_through_a_running_agent_opens_the_gate_and_stops_it() {
-    if !root_or_skip("detach_through_a_running_agent_opens_the_gate_and_stops_it") {
-        return;
-    }
-    let mut run = LabRun::start("rt-detach", "tc", Lab::peers_toml, "");
-    assert!(!connects(&run.lab, Outsider, Director, 443, false));
-    let said = run.ok(&["detach", "--yes"]);
-    assert!(said.contains("detached from"), "{said}");
-    let stopped = run.agent.take().unwrap().stop(Agent::STOP_TIMEOUT);
-    assert!(
-        stopped.is_some_and(|s| s.success()),
-        "the agent did not exit by itself: {stopped:?}"
-    );
-    assert!(
-        !agent_pin_dir(run.name()).exists(),
-        "pins left after detach"
-    );
-    assert!(
-        connects(&run.lab, Outsider, Director, 443, false),
-        "still filtered after detach"
-    );
-    // Without an agent, a detach of nothing says so and succeeds.
-    assert!(run
-        .ok(&["detach", "--yes"])
-        .contains("nothing was attached"));
 }
 
 /// `run --metrics`: a real HTTP client gets Prometheus text whose counters are those of
@@ -547,8 +298,8 @@ fn metrics_agree_with_stats_and_hold_no_addresses() {
     run.agent.take().unwrap().stop(Agent::STOP_TIMEOUT);
     let addr = "127.0.0.1:9810";
     run.start_agent(&[OsStr::new("--metrics"), OsStr::new(addr)]);
-    assert!(connects(&run.lab, ReverseProxy, Director, 4443, false));
-    assert!(!connects(&run.lab, Outsider, Director, 443, false));
+    assert!(run.connects(ReverseProxy, Director, 4443, false));
+    assert!(!run.connects(Outsider, Director, 443, false));
 
     let url = format!("http://{addr}/metrics");
     let out = director_fw_lab::run_in_netns(run.lab.gateway_ns(), "curl", &["-sf", &url], None)
@@ -650,7 +401,7 @@ fn stats_watch_on_a_terminal_and_into_a_pipe() {
         String::from_utf8_lossy(&all).into_owned()
     });
     for _ in 0..4 {
-        assert!(connects(&run.lab, ReverseProxy, Director, 4443, false));
+        assert!(run.connects(ReverseProxy, Director, 4443, false));
         thread::sleep(Duration::from_millis(300));
     }
     // Tab shows the first interface alone.
@@ -704,7 +455,7 @@ fn stats_watch_on_a_terminal_and_into_a_pipe() {
     let mut lines = BufReader::new(piped.stdout.take().unwrap()).lines();
     let mut moved = false;
     for _ in 0..10 {
-        assert!(connects(&run.lab, ReverseProxy, Director, 4443, false));
+        assert!(run.connects(ReverseProxy, Director, 4443, false));
         let line = lines.next().expect("a snapshot per interval").unwrap();
         let snapshot: Value = serde_json::from_str(&line).expect("one JSON object per line");
         let counters = snapshot["counters"].as_array().expect("counters");
@@ -748,7 +499,7 @@ fn drop_events_name_the_packet_and_account_for_every_drop() {
             .find(|e| e["dport"] == 443)
     });
     thread::sleep(Duration::from_millis(300));
-    assert!(!connects(&run.lab, Outsider, Director, 443, false));
+    assert!(!run.connects(Outsider, Director, 443, false));
     let started = Instant::now();
     while !reader.is_finished() && started.elapsed() < Duration::from_secs(5) {
         thread::sleep(Duration::from_millis(50));
@@ -816,15 +567,15 @@ fn an_unconfirmed_reload_reverts_even_across_an_agent_restart() {
     std::fs::write(&run.policy_file, narrower).unwrap();
     let started = Instant::now();
     run.ok(&["policy", "reload", "--confirm-within", "4"]);
-    assert!(!connects(&run.lab, InternalClients, Director, 443, false));
+    assert!(!run.connects(InternalClients, Director, 443, false));
     run.agent.take().unwrap().kill();
     run.start_agent(&[]);
-    let resumed = status(&run);
+    let resumed = run.status();
     assert!(
         resumed["pending_confirm"].is_object(),
         "the restarted agent forgot the window: {resumed}"
     );
-    while status(&run)["pending_confirm"].is_object() {
+    while run.status()["pending_confirm"].is_object() {
         assert!(
             started.elapsed() < Duration::from_secs(8),
             "no revert after 8 s"
@@ -840,16 +591,16 @@ fn an_unconfirmed_reload_reverts_even_across_an_agent_restart() {
         pins.snapshot().unwrap().same_policy(&original),
         "the revert is not the policy from before the reload"
     );
-    assert!(connects(&run.lab, InternalClients, Director, 443, false));
+    assert!(run.connects(InternalClients, Director, 443, false));
 
     // Past the deadline while no agent runs: the next start reverts at once.
     run.ok(&["policy", "reload", "--confirm-within", "1"]);
     run.agent.take().unwrap().kill();
     thread::sleep(Duration::from_millis(1500));
     run.start_agent(&[]);
-    assert!(status(&run)["pending_confirm"].is_null());
+    assert!(run.status()["pending_confirm"].is_null());
     assert!(pins.snapshot().unwrap().same_policy(&original));
-    assert!(connects(&run.lab, InternalClients, Director, 443, false));
+    assert!(run.connects(InternalClients, Director, 443, false));
 }
 
 /// The kernel program's rare events reach the agent's log through aya-log, and at most once a
@@ -867,17 +618,17 @@ fn a_rare_kernel_event_reaches_the_agent_log_and_does_not_flood_it() {
     let mut active: Array<MapData, u32> =
         Array::try_from(Map::Array(MapData::from_pin(&pin).unwrap())).unwrap();
     let in_force = active.get(&0, 0).unwrap();
-    assert!(!connects(&run.lab, Outsider, Director, 443, false));
+    assert!(!run.connects(Outsider, Director, 443, false));
     active.set(0, 7, 0).unwrap();
     let broken = Instant::now();
     let mut passed = 0;
     for _ in 0..20 {
-        passed += usize::from(connects(&run.lab, Outsider, Director, 443, false));
+        passed += usize::from(run.connects(Outsider, Director, 443, false));
     }
     active.set(0, in_force, 0).unwrap();
     let seconds = broken.elapsed().as_secs() as usize + 1;
     assert_eq!(passed, 20, "without a configuration the kernel passes");
-    assert!(!connects(&run.lab, Outsider, Director, 443, false));
+    assert!(!run.connects(Outsider, Director, 443, false));
 
     let agent = run.agent.as_ref().unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);

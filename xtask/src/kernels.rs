@@ -89,9 +89,10 @@ fn select(choices: &[KernelChoice]) -> Vec<&'static Series> {
         .collect()
 }
 
-/// The integration tests that run in the VM, by their `--test` name. The runtime and
+/// The integration tests that run in the VM, by their `--test` name: the datapath, and its
+/// attachments outliving the agent (TC mode without TCX is a netlink filter). The runtime and
 /// atomicity tests stay on the host: they exercise the agent's control plane, not the kernel.
-const TEST_BINARIES: [&str; 3] = ["kernel", "differential", "lab"];
+const TEST_BINARIES: [&str; 4] = ["kernel", "differential", "lab", "attachments"];
 
 /// The differential test's packet count inside a VM. The host runs 120,000; under TCG that takes
 /// minutes per kernel, and the matrix must stay well under CI's budget. The issue sets 20,000
@@ -1069,10 +1070,21 @@ not json
             }),
             skipped: None,
         };
-        let all = row(&[("kernel", true), ("differential", true), ("lab", true)]);
+        let all = row(&[
+            ("kernel", true),
+            ("differential", true),
+            ("lab", true),
+            ("attachments", true),
+        ]);
         assert!(!all.failed());
         assert!(row(&[("kernel", true), ("differential", true)]).failed());
-        assert!(row(&[("kernel", true), ("differential", true), ("lab", false)]).failed());
+        assert!(row(&[
+            ("kernel", true),
+            ("differential", true),
+            ("lab", true),
+            ("attachments", false)
+        ])
+        .failed());
         assert!(!Row::skipped(series("5.10"), "offline".to_owned()).failed());
         let matrix = render_matrix(&[all, Row::skipped(series("5.10"), "offline".to_owned())]);
         assert!(matrix.contains("6.1.0-57-amd64"), "{matrix}");
@@ -1090,7 +1102,7 @@ not json
     #[test]
     fn guest_script_reports_every_binary() {
         let script = guest_script(Path::new("/cache/runs/7"), Path::new("/w/director-fw"));
-        assert!(script.contains("for name in kernel differential lab; do"));
+        assert!(script.contains("for name in kernel differential lab attachments; do"));
         assert!(script.contains(&format!("echo \"{RESULT_MARK}$name $verdict")));
         assert!(script.contains("DIRECTOR_FW_DIFFERENTIAL_PACKETS=20000"));
         assert!(script.contains("\"$name\" --test-threads=1 --nocapture"));

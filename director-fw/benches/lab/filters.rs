@@ -95,7 +95,7 @@ pub(crate) enum Installed<'a> {
     Nothing,
     Drop(XdpDropGuard<'a>),
     // The link is held, not pinned: dropping it detaches.
-    Dfw(Box<Datapath>, FdLink),
+    Dfw(Box<Datapath>, Attachment),
     Nft(NftGuard),
     Iptables(IptablesGuard),
     XdpFilter(XdpFilterGuard),

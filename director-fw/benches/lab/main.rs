@@ -82,13 +82,12 @@ use std::{
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use aya::{
     maps::{Array, HashMap, PerCpuArray},
-    programs::{
-        links::FdLink, xdp::XdpLinkId, TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode,
-    },
+    programs::{xdp::XdpLinkId, TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
     Ebpf, EbpfLoader, Pod,
 };
 use director_fw::{
     compile,
+    datapath::Attachment,
     policy::{IcmpEcho, Source, Unprotected},
     AttachMode, Datapath, Policy,
 };

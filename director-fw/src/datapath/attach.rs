@@ -1,6 +1,7 @@
-//! Attaching a program to an interface as a BPF link, which can be pinned so that the
-//! attachment outlives the agent, and replacing the program under a pinned link atomically
-//! (`BPF_LINK_UPDATE`) when a new object takes over.
+//! Attaching a program to an interface so that the attachment can outlive the agent: as a
+//! BPF link, which can be pinned, or in TC mode on a kernel without TCX as the instance's
+//! netlink filter (see `filter`); and replacing the program of an attachment in one step
+//! when a new object takes over.
 
 use aya::programs::{
     links::{FdLink, LinkOrder, PinnedLink},
@@ -10,7 +11,7 @@ use aya::programs::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::{load::Programs, Datapath, DatapathError};
+use super::{filter, load::Programs, pins::Hold, Datapath, DatapathError, LinkPin};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -19,7 +20,7 @@ pub enum AttachMode {
     Xdp,
     /// Generic (skb) XDP.
     XdpGeneric,
-    /// TC ingress (TCX).
+    /// TC ingress: a TCX link, or a netlink filter where the kernel has no TCX.
     Tc,
 }
 
@@ -95,36 +96,49 @@ pub(super) fn attach_xdp(
     Ok((fd_link(iface, link)?, warning))
 }
 
-/// Attaches a TC program to one interface's ingress as a TCX link and hands back the link.
-/// TCX is asked for by trying it, not by the kernel's version (which misses backports, such
-/// as RHEL's): only a BPF link outlives the agent, and a kernel without TCX gets a refusal
-/// that names it.
-pub(super) fn attach_tc(tc: &mut SchedClassifier, iface: &str) -> Result<FdLink, DatapathError> {
+/// An attachment that does not outlive the agent yet: dropping it detaches, pinning it (see
+/// [`super::Pins`]) keeps it.
+pub enum Attachment {
+    /// A BPF link: XDP, or TC through TCX.
+    Link(FdLink),
+    /// The instance's netlink filter, for TC on a kernel without TCX.
+    Filter(SchedClassifierLink),
+}
+
+/// Attaches a TC program to one interface's ingress: as a TCX link, or, where the kernel
+/// refuses TCX, as the instance's netlink filter. TCX is asked for by trying it, not by the
+/// kernel's version, which misses backports such as RHEL's. The message says which it took
+/// when it is not TCX.
+pub(super) fn attach_tc(
+    tc: &mut SchedClassifier,
+    iface: &str,
+) -> Result<(Attachment, Option<String>), DatapathError> {
+    let attach_err = |source| DatapathError::Attach {
+        iface: iface.to_string(),
+        mode: AttachMode::Tc.name(),
+        source,
+    };
     let tcx = TcAttachOptions::TcxOrder(LinkOrder::default());
-    let id = tc
-        .attach_with_options(iface, TcAttachType::Ingress, tcx)
-        .map_err(|source| {
-            // A kernel without TCX does not know the attach type.
-            let unknown = match &source {
-                ProgramError::SyscallError(err) => matches!(
-                    err.io_error.raw_os_error(),
-                    Some(libc::EINVAL | libc::EOPNOTSUPP)
-                ),
-                _ => false,
-            };
-            let iface = iface.to_string();
-            if unknown {
-                DatapathError::NoTcx { iface, source }
-            } else {
-                DatapathError::Attach {
-                    iface,
-                    mode: AttachMode::Tc.name(),
-                    source,
-                }
-            }
-        })?;
-    let link = tc.take_link(id)?;
-    fd_link(iface, link)
+    let refused = match tc.attach_with_options(iface, TcAttachType::Ingress, tcx) {
+        Ok(id) => {
+            let link = tc.take_link(id)?;
+            return Ok((Attachment::Link(fd_link(iface, link)?), None));
+        }
+        Err(err) => err,
+    };
+    // A kernel without TCX does not know the attach type; anything else is a real failure.
+    let unknown = matches!(&refused, ProgramError::SyscallError(err)
+        if matches!(err.io_error.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP)));
+    if !unknown {
+        return Err(attach_err(refused));
+    }
+    let link = filter::attach(tc, iface).map_err(attach_err)?;
+    let note = format!(
+        "{iface}: this kernel has no TCX, so the program is a direct-action cls_bpf filter on the clsact qdisc (ingress, priority {}, handle {:#x}); it outlives the agent all the same",
+        filter::PRIORITY,
+        filter::HANDLE
+    );
+    Ok((Attachment::Filter(link), Some(note)))
 }
 
 /// A link that can be pinned, or the refusal to run without one.
@@ -143,55 +157,66 @@ impl Datapath {
         &mut self,
         iface: &str,
         mode: AttachMode,
-    ) -> Result<(FdLink, Option<String>), DatapathError> {
+    ) -> Result<(Attachment, Option<String>), DatapathError> {
         if interface_index(iface) == 0 {
             return Err(DatapathError::NoInterface(iface.to_string()));
         }
         match mode {
-            AttachMode::Xdp | AttachMode::XdpGeneric => attach_xdp(self.xdp_mut()?, iface, mode),
-            AttachMode::Tc => Ok((attach_tc(self.tc_mut()?, iface)?, None)),
+            AttachMode::Xdp | AttachMode::XdpGeneric => {
+                let (link, warning) = attach_xdp(self.xdp_mut()?, iface, mode)?;
+                Ok((Attachment::Link(link), warning))
+            }
+            AttachMode::Tc => attach_tc(self.tc_mut()?, iface),
         }
     }
 
-    /// Puts this datapath's program under a pinned link in place of the one there, in one
-    /// step: packets see the old program or the new one, and the link (and its pin) stays.
-    pub fn replace(&mut self, link: PinnedLink, mode: AttachMode) -> Result<(), DatapathError> {
-        let link = FdLink::from(link);
-        match mode {
-            AttachMode::Xdp | AttachMode::XdpGeneric => {
-                let xdp = self.xdp_mut()?;
-                let id = xdp.attach_to_link(XdpLink::try_from(link)?)?;
-                // Taken back so that dropping the program does not detach it; the pin holds it.
-                drop(FdLink::try_from(xdp.take_link(id)?)?);
+    /// Puts this datapath's program on a pinned attachment in place of the one there, in one
+    /// step: packets see the old program or the new one, and the attachment (and its pin)
+    /// stays.
+    pub fn replace(&mut self, link: &LinkPin) -> Result<(), DatapathError> {
+        match link.mode {
+            AttachMode::Xdp | AttachMode::XdpGeneric => Replacing::replace(self.xdp_mut()?, link),
+            AttachMode::Tc => Replacing::replace(self.tc_mut()?, link),
+        }
+    }
+}
+
+/// A program that can take the place of another on an attachment.
+trait Replacing {
+    fn replace(&mut self, link: &LinkPin) -> Result<(), DatapathError>;
+}
+
+impl Replacing for Xdp {
+    fn replace(&mut self, link: &LinkPin) -> Result<(), DatapathError> {
+        let fd = FdLink::from(PinnedLink::from_pin(&link.path)?);
+        let id = self.attach_to_link(XdpLink::try_from(fd)?)?;
+        // Taken back so that dropping the program does not detach it; the pin holds it.
+        drop(FdLink::try_from(self.take_link(id)?)?);
+        Ok(())
+    }
+}
+
+impl Replacing for SchedClassifier {
+    fn replace(&mut self, link: &LinkPin) -> Result<(), DatapathError> {
+        match link.hold {
+            Hold::Link => {
+                let fd = FdLink::from(PinnedLink::from_pin(&link.path)?);
+                let id = self.attach_to_link(SchedClassifierLink::try_from(fd)?)?;
+                drop(FdLink::try_from(self.take_link(id)?)?);
             }
-            AttachMode::Tc => {
-                let tc = self.tc_mut()?;
-                let id = tc.attach_to_link(SchedClassifierLink::try_from(link)?)?;
-                drop(FdLink::try_from(tc.take_link(id)?)?);
-            }
+            Hold::Filter => filter::replace(self, &link.iface)?,
         }
         Ok(())
     }
 }
 
-/// Puts the pinned program `program` back under the pinned `link` (a hand-over that failed
-/// half-way is undone with this).
-pub(super) fn put_back(
-    program: &std::path::Path,
-    link: &super::LinkPin,
-) -> Result<(), DatapathError> {
-    let fd = FdLink::from(PinnedLink::from_pin(&link.path)?);
+/// Puts the pinned program `program` back on the pinned attachment `link` (a hand-over that
+/// failed half-way is undone with this).
+pub(super) fn put_back(program: &std::path::Path, link: &LinkPin) -> Result<(), DatapathError> {
     match link.mode {
         AttachMode::Xdp | AttachMode::XdpGeneric => {
-            let mut xdp = Xdp::from_pin(program, aya_obj::programs::XdpAttachType::Interface)?;
-            let id = xdp.attach_to_link(XdpLink::try_from(fd)?)?;
-            drop(FdLink::try_from(xdp.take_link(id)?)?);
+            Xdp::from_pin(program, aya_obj::programs::XdpAttachType::Interface)?.replace(link)
         }
-        AttachMode::Tc => {
-            let mut tc = SchedClassifier::from_pin(program)?;
-            let id = tc.attach_to_link(SchedClassifierLink::try_from(fd)?)?;
-            drop(FdLink::try_from(tc.take_link(id)?)?);
-        }
+        AttachMode::Tc => SchedClassifier::from_pin(program)?.replace(link),
     }
-    Ok(())
 }

@@ -1,6 +1,7 @@
 //! The datapath in the kernel: the only module that uses aya. One file per job:
 //! - `load`: create the maps and verify the programs of a new object;
-//! - `attach`: attach a program to an interface as a link that can be pinned;
+//! - `attach`: attach a program to an interface so that the attachment can outlive the agent;
+//! - `filter`: TC mode without TCX, as a netlink filter;
 //! - `pins`: the instance's pins under bpffs, adopting them, checking a pinned map's layout,
 //!   and `detach`;
 //! - `swap`: the one seam through which a live policy changes (a generation switch);
@@ -11,6 +12,7 @@
 mod attach;
 mod counters;
 mod events;
+mod filter;
 mod load;
 mod logs;
 mod mmap;
@@ -18,12 +20,12 @@ mod pins;
 mod swap;
 mod testrun;
 
-pub use attach::AttachMode;
+pub use attach::{AttachMode, Attachment};
 pub use counters::Counters;
 pub use events::{DropEvents, EventCounts};
 pub use load::{object_id, Capacity, Datapath, Programs, OBJECT};
 pub use logs::KernelLog;
-pub use pins::{detach, Adopted, LinkPin, Pins};
+pub use pins::{detach, Adopted, Hold, LinkPin, Pins};
 pub use swap::{Installed, PolicyMaps, Snapshot};
 pub use testrun::PinnedProgram;
 
@@ -49,9 +51,7 @@ pub enum DatapathError {
         mode: &'static str,
         source: ProgramError,
     },
-    #[error("{iface}: tc mode needs TCX (Linux 6.6, or a kernel that has it backported), and this kernel refused a TCX link; without one, a TC filter could not outlive the agent. Use --mode xdp on this kernel")]
-    NoTcx { iface: String, source: ProgramError },
-    #[error("{iface}: the kernel attached the program through netlink, not as a BPF link, so it could not outlive the agent; director-fw refuses to run without that guarantee (a kernel of 5.9 or later attaches XDP as a link; for TC, TCX needs 6.6)")]
+    #[error("{iface}: the kernel attached the XDP program through netlink, not as a BPF link, so it could not outlive the agent; director-fw refuses to run without that guarantee (XDP links need Linux 5.9; use --mode tc)")]
     NotALink { iface: String },
     #[error("no network interface {0:?} in this network namespace")]
     NoInterface(String),

@@ -4,11 +4,14 @@
 //! /sys/fs/bpf/director-fw/INSTANCE/
 //!   maps/MAP                 every map (director_fw_common::maps::ALL)
 //!   progs/PROGRAM@OBJECT     the attached program; OBJECT is the id of the object it came from
-//!   links/MODE:IFACE         one BPF link per interface (MODE: xdp, xdp-generic or tc)
+//!   links/MODE:IFACE         one BPF link per interface (MODE: xdp, xdp-generic or tc), or an
+//!                            empty directory that marks the instance's netlink filter there
+//!                            (TC mode on a kernel without TCX, see `filter`)
 //! ```
 //!
 //! A link pin keeps its attachment alive after the agent exits, and the link keeps its
-//! program and, through it, every map. Map pins let a restarted agent write the live maps
+//! program and, through it, every map. A netlink filter needs no pin to stay; its marker
+//! tells the next agent that it is the instance's. Map pins let a restarted agent write the live maps
 //! (adoption); the program's pin names the object, so an agent can tell an upgrade.
 
 use std::{
@@ -18,10 +21,7 @@ use std::{
 
 use aya::{
     maps::{Map, MapData, MapType},
-    programs::{
-        links::{FdLink, PinnedLink},
-        SchedClassifier, Xdp,
-    },
+    programs::{links::PinnedLink, SchedClassifier, Xdp},
 };
 use director_fw_common::{
     events::{EVENTS_BYTES, EVENT_STATS_SLOTS},
@@ -34,19 +34,49 @@ use director_fw_common::{
 use crate::instance::Lock;
 
 use super::{
-    attach::{attach_tc, attach_xdp, interface_index, put_back},
-    io,
+    attach::{attach_tc, attach_xdp, interface_index, put_back, Attachment},
+    filter, io,
     load::data,
     swap::{PolicyMaps, Snapshot},
     AttachMode, Counters, Datapath, DatapathError,
 };
 
-/// A pinned link: the interface it attaches to and how.
+/// A pinned attachment: the interface it attaches to and how.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LinkPin {
     pub mode: AttachMode,
     pub iface: String,
     pub path: PathBuf,
+    pub hold: Hold,
+}
+
+/// What keeps an attachment on its interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hold {
+    /// A BPF link, pinned.
+    Link,
+    /// The instance's netlink filter, marked by a directory.
+    Filter,
+}
+
+impl LinkPin {
+    /// Whether the attachment still filters its interface. Only what the kernel reports as
+    /// gone counts as dead: a link that cannot be read, or a filter dump that fails, is left
+    /// alone.
+    fn dead(&self) -> bool {
+        match self.hold {
+            Hold::Link => link_ifindex(&self.path) == Some(0),
+            Hold::Filter => matches!(filter::installed(&self.iface), Ok(None)),
+        }
+    }
+
+    fn unpin(&self) -> Result<(), DatapathError> {
+        match self.hold {
+            Hold::Link => fs::remove_file(&self.path),
+            Hold::Filter => fs::remove_dir(&self.path),
+        }
+        .map_err(io(self.path.display()))
+    }
 }
 
 /// The live datapath, opened from its pins.
@@ -109,26 +139,27 @@ impl Pins {
             let Some((mode, iface)) = parsed else {
                 continue;
             };
+            let marker = entry.file_type().is_ok_and(|t| t.is_dir());
             links.push(LinkPin {
                 mode,
                 iface: iface.to_string(),
                 path: entry.path(),
+                hold: if marker { Hold::Filter } else { Hold::Link },
             });
         }
         links.sort_by(|a, b| a.iface.cmp(&b.iface));
         Ok(links)
     }
 
-    /// Removes the pins of links that no longer hold an interface: the kernel keeps a link
-    /// whose interface was deleted, but it filters nothing, even when an interface of the
-    /// same name comes back. Returns those interfaces, which need attaching again.
+    /// Removes the pins of attachments that no longer hold an interface: the kernel keeps a
+    /// link whose interface was deleted, but it filters nothing, even when an interface of the
+    /// same name comes back; a netlink filter goes with its interface (or its qdisc). Returns
+    /// those interfaces, which need attaching again.
     pub fn prune_dead_links(&self) -> Result<Vec<String>, DatapathError> {
         let mut dead = Vec::new();
         for link in self.links()? {
-            // Only what the kernel itself reports as detached (ifindex 0) is dead: a link that
-            // cannot be read, or holds an interface of another name, is left alone.
-            if link_ifindex(&link.path) == Some(0) {
-                fs::remove_file(&link.path).map_err(io(link.path.display()))?;
+            if link.dead() {
+                link.unpin()?;
                 dead.push(link.iface);
             }
         }
@@ -152,26 +183,24 @@ impl Pins {
                 continue;
             }
             if let Some(link) = pinned.iter().find(|l| &l.iface == iface) {
-                if link_ifindex(&link.path) != Some(0) {
+                if !link.dead() {
                     continue;
                 }
-                fs::remove_file(&link.path).map_err(io(link.path.display()))?;
+                link.unpin()?;
             }
             let program = self
                 .program_path(mode.program())
                 .ok_or(DatapathError::Missing(mode.program()))?;
-            let (link, warning) = match mode {
+            let (attachment, warning) = match mode {
                 AttachMode::Xdp | AttachMode::XdpGeneric => {
                     let mut xdp =
                         Xdp::from_pin(&program, aya_obj::programs::XdpAttachType::Interface)?;
-                    attach_xdp(&mut xdp, iface, mode)?
+                    let (link, warning) = attach_xdp(&mut xdp, iface, mode)?;
+                    (Attachment::Link(link), warning)
                 }
-                AttachMode::Tc => (
-                    attach_tc(&mut SchedClassifier::from_pin(&program)?, iface)?,
-                    None,
-                ),
+                AttachMode::Tc => attach_tc(&mut SchedClassifier::from_pin(&program)?, iface)?,
             };
-            link.pin(self.link(mode, iface))?;
+            self.pin_attachment(mode, iface, attachment)?;
             healed.push((iface.clone(), warning));
         }
         Ok(healed)
@@ -323,7 +352,7 @@ impl Pins {
     pub fn commit(
         &self,
         datapath: &mut Datapath,
-        links: Vec<(AttachMode, String, FdLink)>,
+        links: Vec<(AttachMode, String, Attachment)>,
     ) -> Result<(), DatapathError> {
         for dir in [self.maps_dir(), self.links_dir(), self.progs_dir()] {
             fs::create_dir_all(&dir).map_err(io(dir.display()))?;
@@ -332,12 +361,35 @@ impl Pins {
         self.pin_links(links)
     }
 
-    /// Pins new links of an adopted datapath.
-    pub fn pin_links(&self, links: Vec<(AttachMode, String, FdLink)>) -> Result<(), DatapathError> {
+    /// Pins new attachments of an adopted datapath.
+    pub fn pin_links(
+        &self,
+        links: Vec<(AttachMode, String, Attachment)>,
+    ) -> Result<(), DatapathError> {
+        for (mode, iface, attachment) in links {
+            self.pin_attachment(mode, &iface, attachment)?;
+        }
+        Ok(())
+    }
+
+    /// Makes an attachment outlive the agent. On an error it is dropped, which detaches it.
+    fn pin_attachment(
+        &self,
+        mode: AttachMode,
+        iface: &str,
+        attachment: Attachment,
+    ) -> Result<(), DatapathError> {
         let dir = self.links_dir();
         fs::create_dir_all(&dir).map_err(io(dir.display()))?;
-        for (mode, iface, link) in links {
-            link.pin(self.link(mode, &iface))?;
+        let path = self.link(mode, iface);
+        match attachment {
+            Attachment::Link(link) => {
+                link.pin(path)?;
+            }
+            Attachment::Filter(link) => {
+                fs::create_dir(&path).map_err(io(path.display()))?;
+                filter::keep(link);
+            }
         }
         Ok(())
     }
@@ -355,12 +407,11 @@ impl Pins {
         self.prune_dead_links()?;
         let links = self.links()?;
         // Every link opens before any changes hands, so that a bad one stops it early.
-        let opened = links
-            .iter()
-            .map(|link| Ok(PinnedLink::from_pin(&link.path)?))
-            .collect::<Result<Vec<_>, DatapathError>>()?;
-        for (done, (link, pinned)) in links.iter().zip(opened).enumerate() {
-            if let Err(err) = datapath.replace(pinned, link.mode) {
+        for link in links.iter().filter(|l| l.hold == Hold::Link) {
+            PinnedLink::from_pin(&link.path)?;
+        }
+        for (done, link) in links.iter().enumerate() {
+            if let Err(err) = datapath.replace(link) {
                 // Put the old program back where the new one went, so every interface runs
                 // the policy the pins describe.
                 for earlier in &links[..done] {
@@ -482,10 +533,16 @@ fn link_ifindex(path: &Path) -> Option<u32> {
 pub fn detach(pins: &Pins) -> Result<Vec<String>, DatapathError> {
     let links = pins.links()?;
     for link in &links {
-        match PinnedLink::from_pin(&link.path) {
-            // Unpinning drops the last reference the instance holds: the link detaches.
-            Ok(pinned) => drop(pinned.unpin().map_err(io(link.path.display()))?),
-            Err(_) => fs::remove_file(&link.path).map_err(io(link.path.display()))?,
+        match link.hold {
+            Hold::Link => match PinnedLink::from_pin(&link.path) {
+                // Unpinning drops the last reference the instance holds: the link detaches.
+                Ok(pinned) => drop(pinned.unpin().map_err(io(link.path.display()))?),
+                Err(_) => link.unpin()?,
+            },
+            Hold::Filter => {
+                filter::remove(&link.iface)?;
+                link.unpin()?;
+            }
         }
     }
     if pins.dir.exists() {

@@ -6,9 +6,10 @@ use std::{
     ffi::OsStr,
     path::{Path, PathBuf},
     process::Output,
+    time::Duration,
 };
 
-use director_fw_lab::{cli, Agent, AgentOptions, InstanceGuard, Lab};
+use director_fw_lab::{cli, tcp_exchange, Agent, AgentOptions, InstanceGuard, Lab, Role};
 use serde_json::Value;
 
 pub const AGENT: &str = env!("CARGO_BIN_EXE_director-fw");
@@ -109,6 +110,18 @@ impl LabRun {
         let text = self.ok(args);
         serde_json::from_str(&text)
             .unwrap_or_else(|e| panic!("{args:?} printed no JSON ({e}): {text}"))
+    }
+
+    /// `status --json`.
+    pub fn status(&self) -> Value {
+        self.json(&["status", "--json"])
+    }
+
+    /// Whether a TCP connection from `from` to `to` on `port` gets an answer, bounded by a
+    /// second: what passes answers in milliseconds.
+    pub fn connects(&self, from: Role, to: Role, port: u16, ipv6: bool) -> bool {
+        let (from, to) = (self.lab.host(from), self.lab.host(to));
+        tcp_exchange(from, to, port, ipv6, Duration::from_secs(1)).unwrap_or(false)
     }
 
     /// Packets counted for rule `id` (`stats --json`).
