@@ -1,5 +1,5 @@
-//! `cargo xtask test --kernel VERSION`: the kernel, differential and lab tests inside a qemu
-//! VM booted with one of Debian's own kernels.
+//! `cargo xtask test --kernel VERSION` (and the second half of `cargo xtask test`): the kernel,
+//! differential, lab and attachment tests inside a qemu VM booted with one of Debian's own kernels.
 //!
 //! Why it works this way (shared/KERNELS.md has the long story and the pitfalls):
 //! - Gateways run distribution kernels, so the VM boots Debian's `linux-image-*-amd64-unsigned`

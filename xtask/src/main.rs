@@ -36,14 +36,16 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Formatting, clippy (user and eBPF side) and the whole test suite, stopping at the first failure.
-    ///
-    /// With `--kernel`, instead: the kernel, differential and lab tests inside qemu VMs booted
-    /// with Debian's own kernels, and a matrix of the results.
+    /// Formatting, clippy (user and eBPF side) and the whole test suite on the host kernel,
+    /// stopping at the first failure; then the kernel matrix: the kernel, differential, lab and
+    /// attachment tests inside qemu VMs booted with each of Debian's supported kernels.
     Test {
-        /// Run in a VM with this Debian kernel: 5.10, 6.1, 6.12, or all (repeatable).
-        #[arg(long = "kernel", value_name = "VERSION", value_parser = kernels::parse_choice)]
+        /// Only the VMs, with this Debian kernel: 5.10, 6.1, 6.12, or all (repeatable).
+        #[arg(long = "kernel", value_name = "VERSION", value_parser = kernels::parse_choice, conflicts_with = "host")]
         kernels: Vec<kernels::KernelChoice>,
+        /// Only the host kernel, without the VMs: the quick run while working.
+        #[arg(long)]
+        host: bool,
     },
     /// Build, then run the lab demo.
     Demo,
@@ -76,8 +78,12 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             build::release(&env)?;
             build::exec_agent(&env, &args)
         }
-        Command::Test { kernels } if kernels.is_empty() => test::run(&env),
-        Command::Test { kernels } => kernels::run(&env, &kernels),
+        Command::Test { host: true, .. } => test::run(&env),
+        Command::Test { kernels, .. } if kernels.is_empty() => {
+            test::run(&env)?;
+            kernels::run(&env, &[kernels::KernelChoice::All])
+        }
+        Command::Test { kernels, .. } => kernels::run(&env, &kernels),
         Command::Demo => {
             build::release(&env)?;
             demo::run(&[])
@@ -169,15 +175,20 @@ mod tests {
     #[test]
     fn test_takes_repeated_kernels() {
         match Cli::try_parse_from(["xtask", "test"]).map(|cli| cli.command) {
-            Ok(Command::Test { kernels }) => assert!(kernels.is_empty()),
+            Ok(Command::Test { kernels, host }) => assert!(kernels.is_empty() && !host),
             _ => panic!("`test` did not parse as Test"),
+        }
+        match Cli::try_parse_from(["xtask", "test", "--host"]).map(|cli| cli.command) {
+            Ok(Command::Test { kernels, host }) => assert!(kernels.is_empty() && host),
+            _ => panic!("`test --host` did not parse as Test"),
         }
         let cli = Cli::try_parse_from(["xtask", "test", "--kernel", "6.1", "--kernel", "all"]);
         match cli.map(|cli| cli.command) {
-            Ok(Command::Test { kernels }) => assert_eq!(kernels.len(), 2),
+            Ok(Command::Test { kernels, .. }) => assert_eq!(kernels.len(), 2),
             _ => panic!("`test --kernel 6.1 --kernel all` did not parse as Test"),
         }
         assert!(Cli::try_parse_from(["xtask", "test", "--kernel", "4.19"]).is_err());
+        assert!(Cli::try_parse_from(["xtask", "test", "--kernel", "6.1", "--host"]).is_err());
     }
 
     #[test]

@@ -132,7 +132,16 @@ pub(super) fn attach_tc(
     if !unknown {
         return Err(attach_err(refused));
     }
-    let link = filter::attach(tc, iface).map_err(attach_err)?;
+    let link = filter::attach(tc, iface).map_err(|source| {
+        if filter::exists_error(&source) {
+            DatapathError::Pins(format!(
+                "{iface}: a filter already holds ingress priority {} handle {:#x}, which this instance's pins do not name (a director-fw whose pins were removed?). Remove it with `tc filter del dev {iface} ingress prio {} handle {:#x} bpf`, then start again",
+                filter::PRIORITY, filter::HANDLE, filter::PRIORITY, filter::HANDLE
+            ))
+        } else {
+            attach_err(source)
+        }
+    })?;
     let note = format!(
         "{iface}: this kernel has no TCX, so the program is a direct-action cls_bpf filter on the clsact qdisc (ingress, priority {}, handle {:#x}); it outlives the agent all the same",
         filter::PRIORITY,

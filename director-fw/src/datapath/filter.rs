@@ -54,6 +54,12 @@ pub(super) fn attach(
     tc.take_link(id)
 }
 
+/// Whether attaching failed because a filter is already at the instance's priority and handle.
+pub(super) fn exists_error(err: &ProgramError) -> bool {
+    matches!(err, ProgramError::TcError(TcError::NetlinkError(err))
+        if err.raw_os_error() == Some(libc::EEXIST))
+}
+
 /// Keeps a filter on its interface after the agent lets go of it (aya removes a filter whose
 /// link is dropped).
 pub(super) fn keep(link: SchedClassifierLink) {
