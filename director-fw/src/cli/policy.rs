@@ -161,20 +161,34 @@ fn render(view: &PolicyView) -> String {
     out
 }
 
-/// `policy show --matrix` as text.
+/// `policy show --matrix` as text, each column as wide as its widest cell.
 fn render_matrix(view: &PolicyView) -> String {
+    let cells: Vec<[String; 4]> =
+        std::iter::once(["PROTOCOL/PORTS", "SOURCE", "DESTINATION", "RULES"].map(String::from))
+            .chain(view.matrix.iter().map(|line| {
+                [
+                    format!("{}/{}", line.proto, line.ports),
+                    line.from.clone(),
+                    line.to.clone(),
+                    line.rules.join(", "),
+                ]
+            }))
+            .collect();
+    let width = |i: usize| {
+        cells
+            .iter()
+            .map(|c| c[i].chars().count())
+            .max()
+            .unwrap_or(0)
+    };
+    let widths = [width(0), width(1), width(2)];
     let mut out = format!("policy: {}\n", view.source);
-    out += &format!(
-        "{:<22} {:<18} {:<18} RULES\n",
-        "PROTOCOL/PORTS", "SOURCE", "DESTINATION"
-    );
-    for line in &view.matrix {
+    for [ports, from, to, rules] in &cells {
         out += &format!(
-            "{:<22} {:<18} {:<18} {}\n",
-            format!("{}/{}", line.proto, line.ports),
-            line.from,
-            line.to,
-            line.rules.join(", ")
+            "{ports:<w0$} {from:<w1$} {to:<w2$} {rules}\n",
+            w0 = widths[0],
+            w1 = widths[1],
+            w2 = widths[2]
         );
     }
     out

@@ -211,6 +211,9 @@ pub(super) fn parse(source: &str, text: &str) -> Result<Policy, PolicyError> {
         };
         for address in addresses.get_ref() {
             let net = parse_net(address.get_ref()).map_err(|msg| at.at(address, &field, msg))?;
+            if let Some(why) = policy.locks_out(role_id, &net) {
+                return Err(at.at(address, &field, why));
+            }
             policy.peers.push(Peer { role: role_id, net });
         }
     }
@@ -562,6 +565,20 @@ ports = ["22", "8000-8010"]
             Policy::from_toml("t", ok).unwrap().options.unprotected,
             Unprotected::Drop
         );
+    }
+
+    #[test]
+    fn a_destination_role_of_everything_needs_a_management_rule() {
+        let edge = "profile = \"sfb2015-edge\"\n[peers]\ninternet = [\"0.0.0.0/0\", \"::/0\"]\n";
+        let err = error(edge);
+        assert_eq!((err.line, err.field.as_str()), (Some(3), "peers.internet"));
+        assert!(err.message.contains("management"), "{err}");
+        let ssh = "[[rules]]\nid='ssh'\nfrom='any'\nto='management'\nproto='tcp'\nports=[22]\n";
+        let ok = Policy::from_toml("t", &format!("{edge}{ssh}")).unwrap();
+        assert_eq!(ok.peers.len(), 2);
+        // A role that is only a source may hold everything: it protects nothing.
+        let source = "[peers]\nreverse-proxy = [\"::/0\"]\n";
+        assert_eq!(Policy::from_toml("t", source).unwrap().peers.len(), 1);
     }
 
     #[test]

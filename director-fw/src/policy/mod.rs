@@ -167,6 +167,21 @@ impl Policy {
         }
     }
 
+    /// Why `net` may not join `role`: a peer of length 0 in a rule's destination role makes
+    /// every address protected, the gateway's own among them, so that only a rule to the
+    /// `management` role keeps the operator in (as `unprotected = "drop"` asks).
+    pub fn locks_out(&self, role: RoleId, net: &IpNet) -> Option<String> {
+        let everything = net.prefix_len() == 0 && self.to_mask() & bit(role) != 0;
+        let management = self.role(MANAGEMENT);
+        let reachable = self.rules.iter().any(|r| Some(r.to) == management);
+        (everything && !reachable).then(|| {
+            format!(
+                "{net} in role {:?} protects every address, the gateway's own too: add a rule whose `to` is the role \"management\" (the gateway's management addresses and port, e.g. ssh), so the gateway cannot lock its operator out",
+                self.role_name(role)
+            )
+        })
+    }
+
     /// Roles used as some rule's destination: addresses in them are protected.
     pub fn to_mask(&self) -> u32 {
         self.rules.iter().fold(0, |mask, rule| mask | bit(rule.to))

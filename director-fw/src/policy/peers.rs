@@ -77,18 +77,24 @@ impl RuntimePeers {
         if role == ANY {
             return Err(PeerError::Any);
         }
-        if file.role(role).is_none() {
+        let Some(id) = file.role(role) else {
             return Err(PeerError::UnknownRole {
                 role: role.to_string(),
                 known: file.roles.join(", "),
             });
-        }
+        };
         if cidrs.is_empty() {
             return Err(PeerError::NoAddresses);
         }
         cidrs
             .iter()
-            .map(|text| parse_net(text).map_err(PeerError::BadAddress))
+            .map(|text| {
+                let net = parse_net(text).map_err(PeerError::BadAddress)?;
+                match file.locks_out(id, &net) {
+                    Some(why) => Err(PeerError::BadAddress(why)),
+                    None => Ok(net),
+                }
+            })
             .collect()
     }
 
@@ -301,7 +307,8 @@ mod tests {
     fn bad_input_is_named() {
         let file = file();
         let none = RuntimePeers::default();
-        let cases: [(&str, &[&str], &str); 6] = [
+        let cases: [(&str, &[&str], &str); 7] = [
+            ("director", &["0.0.0.0/0"], "management"),
             ("nobody", &["198.18.3.1"], "unknown role \"nobody\""),
             ("any", &["198.18.3.1"], "`any`"),
             ("director", &[], "no address"),

@@ -13,8 +13,8 @@ use super::{file::parse_ports, Options, Policy, Protocol, Rule, Source, ANY};
 /// The profile of a policy file that names none, and of `Policy::builtin`.
 pub const NAME: &str = "lync2013-single-director";
 
-/// The profiles' files, compiled in.
-const FILES: [(&str, &str); 3] = [
+/// The profiles' files, compiled in. A variant follows the profile it extends.
+const FILES: [(&str, &str); 10] = [
     (
         "lync2013-single-director.toml",
         include_str!("../../profiles/lync2013-single-director.toml"),
@@ -27,9 +27,37 @@ const FILES: [(&str, &str); 3] = [
         "lync2013-scaled-director-dns-hlb.toml",
         include_str!("../../profiles/lync2013-scaled-director-dns-hlb.toml"),
     ),
+    (
+        "lync2013-edge-single.toml",
+        include_str!("../../profiles/lync2013-edge-single.toml"),
+    ),
+    (
+        "lync2013-edge-scaled-dns.toml",
+        include_str!("../../profiles/lync2013-edge-scaled-dns.toml"),
+    ),
+    (
+        "lync2013-edge-scaled-hlb.toml",
+        include_str!("../../profiles/lync2013-edge-scaled-hlb.toml"),
+    ),
+    (
+        "sfb2015-edge.toml",
+        include_str!("../../profiles/sfb2015-edge.toml"),
+    ),
+    (
+        "sfb2015-edge-hlb.toml",
+        include_str!("../../profiles/sfb2015-edge-hlb.toml"),
+    ),
+    (
+        "sfb2019-edge.toml",
+        include_str!("../../profiles/sfb2019-edge.toml"),
+    ),
+    (
+        "sfb2019-edge-hlb.toml",
+        include_str!("../../profiles/sfb2019-edge-hlb.toml"),
+    ),
 ];
 
-/// A built-in profile: its source page, roles, rules and documented choices.
+/// A built-in profile: its source pages, roles, rules and documented choices.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Profile {
@@ -39,12 +67,49 @@ pub struct Profile {
     pub title: String,
     /// The page's path in Microsoft's documentation repository.
     pub page: String,
-    /// The page's port table, which `rows` number into.
-    pub table: String,
+    /// The titles of the page's port tables that the rules cite; a citation `"T.R"` is row R
+    /// of the T-th of them, and a bare number a row of the first.
+    pub tables: Vec<String>,
+    /// Pages that give the same rules in other words (the same topology with public addresses
+    /// instead of NAT, say), with their own tables' titles; `also_rows` cite their rows where
+    /// they are numbered otherwise.
+    #[serde(default)]
+    pub also: Vec<Page>,
     pub roles: Vec<String>,
     #[serde(default)]
     pub choices: Vec<Choice>,
     rules: Vec<RawRule>,
+}
+
+/// Another page a profile holds.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Page {
+    pub title: String,
+    pub page: String,
+    pub tables: Vec<String>,
+}
+
+/// A profile that is another one but for its product and the rules it leaves out (Skype for
+/// Business Server 2019 is 2015 without XMPP).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Variant {
+    name: String,
+    product: String,
+    extends: String,
+    without: Vec<String>,
+    /// The other's choices that concern only rules it leaves out.
+    #[serde(default)]
+    without_choices: Vec<String>,
+}
+
+/// A profile file: a whole profile, or a variant of another.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum ProfileFile {
+    Whole(Box<Profile>),
+    Variant(Variant),
 }
 
 /// Where the profile departs from one of its pages' words, or chooses between pages, and the
@@ -66,22 +131,58 @@ struct RawRule {
     to: String,
     proto: Protocol,
     ports: Vec<toml::Value>,
-    /// Rows of the page's table.
+    /// Rows of the page's tables.
     #[serde(default)]
-    rows: Vec<u32>,
-    /// The page's words, quoted, for a rule its table omits.
+    rows: Vec<Cite>,
+    /// Rows of the `also` pages' tables, where they are not `rows`.
+    also_rows: Option<Vec<Cite>>,
+    /// The page's words, quoted, for a rule its tables omit.
     text: Option<String>,
+}
+
+/// A row of one of a profile's tables: `7` (the first table) or `"2.7"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(try_from = "toml::Value")]
+struct Cite {
+    table: usize,
+    row: u32,
+}
+
+impl TryFrom<toml::Value> for Cite {
+    type Error = String;
+
+    fn try_from(value: toml::Value) -> Result<Cite, String> {
+        let parsed = match &value {
+            toml::Value::Integer(row) => u32::try_from(*row).ok().map(|row| (1, row)),
+            toml::Value::String(text) => text
+                .split_once('.')
+                .and_then(|(t, r)| Some((t.parse().ok()?, r.parse().ok()?))),
+            _ => None,
+        };
+        match parsed {
+            Some((table, row)) if table >= 1 && row >= 1 => Ok(Cite { table, row }),
+            _ => Err(format!(
+                "a row is a number or \"TABLE.ROW\", both from 1, not {value}"
+            )),
+        }
+    }
+}
+
+/// A rule citing a row: the rule's id, the table's title and the row.
+pub type Citation<'a> = (&'a str, &'a str, u32);
+
+/// Rows of one table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableRows {
+    pub table: String,
+    pub rows: Vec<u32>,
 }
 
 /// Where a rule comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Origin {
-    /// Rows of a profile's page's table.
-    Table {
-        title: String,
-        table: String,
-        rows: Vec<u32>,
-    },
+    /// Rows of a profile's page's tables.
+    Table { title: String, rows: Vec<TableRows> },
     /// A profile's page's text.
     Text { title: String, quote: String },
     /// A policy file's own rule.
@@ -91,10 +192,16 @@ pub enum Origin {
 impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Origin::Table { title, table, rows } => {
-                let rows: Vec<String> = rows.iter().map(u32::to_string).collect();
-                let noun = if rows.len() == 1 { "row" } else { "rows" };
-                write!(f, "{title}, table {table:?}, {noun} {}", rows.join(", "))
+            Origin::Table { title, rows } => {
+                let tables: Vec<String> = rows
+                    .iter()
+                    .map(|t| {
+                        let rows: Vec<String> = t.rows.iter().map(u32::to_string).collect();
+                        let noun = if rows.len() == 1 { "row" } else { "rows" };
+                        format!("table {:?}, {noun} {}", t.table, rows.join(", "))
+                    })
+                    .collect();
+                write!(f, "{title}, {}", tables.join("; "))
             }
             Origin::Text { title, quote } => write!(f, "{title}, text: {quote:?}"),
             Origin::File(file) => write!(f, "{file}"),
@@ -102,19 +209,92 @@ impl fmt::Display for Origin {
     }
 }
 
+/// Cited rows, grouped by table in citation order.
+fn group(cites: &[Cite], tables: &[String]) -> Vec<TableRows> {
+    let mut grouped: Vec<TableRows> = Vec::new();
+    for cite in cites {
+        let table = &tables[cite.table - 1];
+        match grouped.iter_mut().find(|t| &t.table == table) {
+            Some(t) => t.rows.push(cite.row),
+            None => grouped.push(TableRows {
+                table: table.clone(),
+                rows: vec![cite.row],
+            }),
+        }
+    }
+    grouped
+}
+
 /// Every built-in profile, in the order `policy profiles` lists them.
 pub fn all() -> &'static [Profile] {
     static PROFILES: OnceLock<Vec<Profile>> = OnceLock::new();
     PROFILES.get_or_init(|| {
-        FILES
-            .iter()
-            .map(|(file, text)| {
-                // The files are compiled in and a unit test reads every one: a bad one never
-                // reaches a release.
-                toml::from_str(text).unwrap_or_else(|err| panic!("profiles/{file}: {err}"))
-            })
-            .collect()
+        let mut profiles: Vec<Profile> = Vec::new();
+        for (file, text) in FILES {
+            // The files are compiled in and a unit test reads every one: a bad one never
+            // reaches a release.
+            let parsed: ProfileFile =
+                toml::from_str(text).unwrap_or_else(|err| panic!("profiles/{file}: {err}"));
+            let profile = match parsed {
+                ProfileFile::Whole(profile) => *profile,
+                ProfileFile::Variant(variant) => {
+                    let base = profiles
+                        .iter()
+                        .find(|p| p.name == variant.extends)
+                        .unwrap_or_else(|| {
+                            panic!("profiles/{file}: extends an unknown or later profile")
+                        });
+                    variant.apply(base)
+                }
+            };
+            for rule in &profile.rules {
+                let cites = rule.rows.iter().chain(rule.also_rows.iter().flatten());
+                if let Some(bad) = cites.clone().find(|c| c.table > profile.tables.len()) {
+                    panic!("profiles/{file}: {} cites table {}", rule.id, bad.table);
+                }
+            }
+            profiles.push(profile);
+        }
+        profiles
     })
+}
+
+impl Variant {
+    fn apply(self, base: &Profile) -> Profile {
+        for id in &self.without {
+            assert!(
+                base.rules.iter().any(|r| &r.id == id),
+                "{}: {} has no rule {id}",
+                self.name,
+                base.name
+            );
+        }
+        for id in &self.without_choices {
+            assert!(
+                base.choices.iter().any(|c| &c.id == id),
+                "{}: {} has no choice {id}",
+                self.name,
+                base.name
+            );
+        }
+        Profile {
+            name: self.name,
+            product: self.product,
+            choices: base
+                .choices
+                .iter()
+                .filter(|c| !self.without_choices.contains(&c.id))
+                .cloned()
+                .collect(),
+            rules: base
+                .rules
+                .iter()
+                .filter(|r| !self.without.contains(&r.id))
+                .cloned()
+                .collect(),
+            ..base.clone()
+        }
+    }
 }
 
 pub fn find(name: &str) -> Option<&'static Profile> {
@@ -205,8 +385,7 @@ impl Profile {
                     },
                     None => Origin::Table {
                         title: self.title.clone(),
-                        table: self.table.clone(),
-                        rows: raw.rows.clone(),
+                        rows: group(&raw.rows, &self.tables),
                     },
                 };
                 Rule {
@@ -230,6 +409,31 @@ impl Profile {
             rules,
             options: Options::default(),
         }
+    }
+
+    /// Every page the profile holds (its path), with the rows its table rules cite there.
+    pub fn citations(&self) -> Vec<(&str, Vec<Citation<'_>>)> {
+        let mut pages = vec![(self.page.as_str(), self.cited(&self.tables, false))];
+        pages.extend(
+            self.also
+                .iter()
+                .map(|p| (p.page.as_str(), self.cited(&p.tables, true))),
+        );
+        pages
+    }
+
+    fn cited<'a>(&'a self, tables: &'a [String], also: bool) -> Vec<Citation<'a>> {
+        let mut cited = Vec::new();
+        for rule in self.rules.iter().filter(|r| r.text.is_none()) {
+            let cites = match (&rule.also_rows, also) {
+                (Some(rows), true) => rows,
+                _ => &rule.rows,
+            };
+            for c in cites {
+                cited.push((rule.id.as_str(), tables[c.table - 1].as_str(), c.row));
+            }
+        }
+        cited
     }
 
     /// The documented choices, as `policy show` prints them.
@@ -336,7 +540,7 @@ mod tests {
     #[test]
     fn combining_maps_each_profile_s_roles_by_name() {
         let profile = |text: &str| -> Profile { toml::from_str(text).unwrap() };
-        let head = "product = \"p\"\ntitle = \"t\"\npage = \"p.md\"\ntable = \"T\"\n";
+        let head = "product = \"p\"\ntitle = \"t\"\npage = \"p.md\"\ntables = [\"T\"]\n";
         let a = profile(&format!(
             "name = \"a\"\n{head}roles = [\"x\", \"y\"]\n[[rules]]\nid = \"a1\"\nfrom = \"x\"\nto = \"y\"\nproto = \"tcp\"\nports = [\"1\"]\nrows = [1]\n"
         ));
