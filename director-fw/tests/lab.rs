@@ -102,6 +102,100 @@ fn lab_enforces_the_profile_in_tc_mode() {
     enforce_the_profile("tc");
 }
 
+/// An Edge profile (Skype for Business Server 2015, single or DNS-balanced) with the lab's
+/// hosts as its servers: the reverse proxy's host is the Access Edge, the Front End's the Web
+/// Conferencing Edge, the Director's the A/V Edge, the Edge internal host the internal
+/// interface, and the outsider the internet. Real UDP and TCP across the media range and
+/// STUN, inside and just outside each range, over IPv4 and IPv6.
+#[test]
+fn lab_enforces_an_edge_profile_over_udp_and_tcp() {
+    if !root_or_skip("lab_enforces_an_edge_profile_over_udp_and_tcp") {
+        return;
+    }
+    let started = Instant::now();
+    let run = LabRun::start_profile("labtest-edge", "xdp", "sfb2015-edge", edge_peers, "");
+    let (access, webconf, av, internal, internet, client) = (
+        ReverseProxy,
+        FrontEnd,
+        Director,
+        EdgeInternal,
+        Outsider,
+        InternalClients,
+    );
+    let pass = [
+        Try::udp(av, internet, 50000, "media, first port"),
+        Try::udp(av, internet, 55555, "media"),
+        Try::udp(av, internet, 59999, "media, last port"),
+        Try::tcp(av, internet, 50000, "media over TCP, first port"),
+        Try::tcp(av, internet, 59999, "media over TCP, last port"),
+        Try::udp(av, internet, 3478, "STUN out"),
+        Try::tcp(av, internet, 443, "STUN over TCP out"),
+        Try::udp(client, av, 3478, "STUN in"),
+        Try::tcp(client, av, 443, "STUN over TCP in"),
+        Try::tcp(internet, access, 443, "client SIP"),
+        Try::tcp(internet, access, 5061, "federation SIP"),
+        Try::tcp(internet, access, 5269, "XMPP in"),
+        Try::tcp(access, internet, 80, "CRL"),
+        Try::udp(access, internet, 53, "DNS"),
+        Try::tcp(access, internet, 53, "DNS over TCP"),
+        Try::tcp(internet, webconf, 443, "PSOM"),
+        Try::udp(client, internal, 3478, "STUN to the internal interface"),
+        Try::tcp(client, internal, 50001, "CLS, first port"),
+        Try::tcp(client, internal, 50003, "CLS, last port"),
+        Try::tcp(client, internal, 8057, "PSOM from the Front End"),
+        Try::tcp(internal, internet, 5061, "SIP to the pool"),
+    ];
+    let drop = [
+        Try::udp(av, internet, 49999, "below the media range"),
+        Try::udp(av, internet, 60000, "above the media range"),
+        Try::tcp(av, internet, 60000, "above the media range"),
+        Try::udp(access, internet, 3478, "STUN from the Access Edge"),
+        Try::udp(client, av, 50000, "media in: not on the SfB page"),
+        Try::udp(client, internal, 3479, "next to STUN"),
+        Try::tcp(client, internal, 50004, "next to CLS"),
+        Try::tcp(internet, access, 80, "no rule"),
+        Try::tcp(internet, webconf, 444, "no rule"),
+        Try::udp(webconf, internet, 53, "DNS from the Web Conferencing Edge"),
+    ];
+    let mut failures = Vec::new();
+    for ipv6 in [false, true] {
+        failures.extend(expect_pass(&run.lab, &pass, ipv6));
+        failures.extend(expect_drop(&run.lab, &drop, ipv6));
+    }
+    for rule in [
+        "edge-av-internet-udp-50000-59999",
+        "edge-av-internet-tcp-50000-59999",
+        "any-edge-av-udp-3478",
+    ] {
+        if run.rule_packets(rule) == 0 {
+            failures.push(format!("stats: rule {rule} counted no packets"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "[edge] {} check(s) failed:\n  {}",
+        failures.len(),
+        failures.join("\n  ")
+    );
+    eprintln!("[edge] passed in {:.1?}", started.elapsed());
+}
+
+/// The Edge profile's roles on the lab's hosts (see the test above).
+fn edge_peers(lab: &Lab) -> String {
+    let mut out = String::from("[peers]\n");
+    for (role, name) in [
+        (ReverseProxy, "edge-access"),
+        (FrontEnd, "edge-webconf"),
+        (Director, "edge-av"),
+        (EdgeInternal, "edge-internal"),
+        (Outsider, "internet"),
+    ] {
+        let host = lab.host(role);
+        out += &format!("{name} = [\"{}\", \"{}\"]\n", host.v4, host.v6);
+    }
+    out
+}
+
 fn enforce_the_profile(mode: &str) {
     let started = Instant::now();
     let pin_dir;
@@ -115,10 +209,9 @@ fn enforce_the_profile(mode: &str) {
         );
         let mut failures = Vec::new();
         for ipv6 in [false, true] {
-            let ip = if ipv6 { "IPv6" } else { "IPv4" };
-            failures.extend(check_allowed(&run.lab, ipv6, ip));
-            failures.extend(check_open(&run.lab, ipv6, ip));
-            failures.extend(check_denied(&run.lab, ipv6, ip));
+            failures.extend(check_allowed(&run.lab, ipv6));
+            failures.extend(check_open(&run.lab, ipv6));
+            failures.extend(check_denied(&run.lab, ipv6));
         }
         failures.extend(check_stats(&run));
 
@@ -159,65 +252,87 @@ fn enforce_the_profile(mode: &str) {
     eprintln!("[{mode}] passed in {:.1?}", started.elapsed());
 }
 
-/// Every connection a rule opens completes, and data goes both ways.
-fn check_allowed(lab: &Lab, ipv6: bool, ip: &str) -> Vec<String> {
+/// A transport protocol to try.
+#[derive(Clone, Copy, Debug)]
+enum Proto {
+    Tcp,
+    Udp,
+}
+
+/// One exchange to try, and why it should pass or not.
+struct Try {
+    proto: Proto,
+    from: Role,
+    to: Role,
+    port: u16,
+    why: String,
+}
+
+impl Try {
+    fn tcp(from: Role, to: Role, port: u16, why: impl Into<String>) -> Try {
+        let why = why.into();
+        Try {
+            proto: Proto::Tcp,
+            from,
+            to,
+            port,
+            why,
+        }
+    }
+
+    fn udp(from: Role, to: Role, port: u16, why: impl Into<String>) -> Try {
+        let why = why.into();
+        Try {
+            proto: Proto::Udp,
+            from,
+            to,
+            port,
+            why,
+        }
+    }
+
+    fn run(&self, lab: &Lab, ipv6: bool, timeout: Duration) -> anyhow::Result<bool> {
+        let (from, to) = (lab.host(self.from), lab.host(self.to));
+        match self.proto {
+            Proto::Tcp => tcp_exchange(from, to, self.port, ipv6, timeout),
+            Proto::Udp => udp_exchange(from, to, self.port, ipv6, timeout),
+        }
+    }
+
+    fn what(&self, ipv6: bool) -> String {
+        let ip = if ipv6 { "IPv6" } else { "IPv4" };
+        format!(
+            "{ip} {:?} {} -> {} port {} ({})",
+            self.proto, self.from, self.to, self.port, self.why
+        )
+    }
+}
+
+/// Every exchange completes, with data both ways. One after another: several listen on the
+/// same address and port.
+fn expect_pass(lab: &Lab, tries: &[Try], ipv6: bool) -> Vec<String> {
     let mut failures = Vec::new();
-    for &(from, to, port, rule) in ALLOWED {
-        let what = format!("{ip} tcp {from} -> {to} port {port} (rule {rule})");
-        match tcp_exchange(lab.host(from), lab.host(to), port, ipv6, PASS_TIMEOUT) {
+    for t in tries {
+        match t.run(lab, ipv6, PASS_TIMEOUT) {
             Ok(true) => {}
-            Ok(false) => failures.push(format!("{what}: should connect, but did not")),
-            Err(e) => failures.push(format!("{what}: should connect, but failed: {e:#}")),
+            Ok(false) => failures.push(format!("{}: should pass, but did not", t.what(ipv6))),
+            Err(e) => failures.push(format!("{}: should pass, but failed: {e:#}", t.what(ipv6))),
         }
     }
     failures
 }
 
-/// Traffic to unprotected hosts, and protected hosts' own outbound connections, pass.
-fn check_open(lab: &Lab, ipv6: bool, ip: &str) -> Vec<String> {
-    let mut failures = Vec::new();
-    for &(from, to, port) in OPEN_TCP {
-        let what = format!("{ip} tcp {from} -> {to} port {port} (no rule needed)");
-        match tcp_exchange(lab.host(from), lab.host(to), port, ipv6, PASS_TIMEOUT) {
-            Ok(true) => {}
-            Ok(false) => failures.push(format!("{what}: should connect, but did not")),
-            Err(e) => failures.push(format!("{what}: should connect, but failed: {e:#}")),
-        }
-    }
-    for &(from, to, port) in OPEN_UDP {
-        let what = format!("{ip} udp {from} -> {to} port {port} (reply by flow)");
-        match udp_exchange(lab.host(from), lab.host(to), port, ipv6, PASS_TIMEOUT) {
-            Ok(true) => {}
-            Ok(false) => failures.push(format!("{what}: no reply came back")),
-            Err(e) => failures.push(format!("{what}: failed: {e:#}")),
-        }
-    }
-    failures
-}
-
-/// Connections no rule opens do not establish. They all wait for a timeout, so they run at
-/// the same time (no two bind the same address and port).
-fn check_denied(lab: &Lab, ipv6: bool, ip: &str) -> Vec<String> {
+/// No exchange gets through. They all wait for a timeout, so they run at the same time (no
+/// two listen on the same address and port).
+fn expect_drop(lab: &Lab, tries: &[Try], ipv6: bool) -> Vec<String> {
     thread::scope(|s| {
-        let mut attempts = Vec::new();
-        for &(from, to, port) in DENIED_TCP {
-            let what = format!("{ip} tcp {from} -> {to} port {port} (no rule)");
-            let (a, b) = (lab.host(from), lab.host(to));
-            attempts.push((
-                what,
-                s.spawn(move || tcp_exchange(a, b, port, ipv6, DROP_TIMEOUT)),
-            ));
-        }
-        for &(from, to, port) in DENIED_UDP {
-            let what = format!("{ip} udp {from} -> {to} port {port} (no rule)");
-            let (a, b) = (lab.host(from), lab.host(to));
-            attempts.push((
-                what,
-                s.spawn(move || udp_exchange(a, b, port, ipv6, DROP_TIMEOUT)),
-            ));
-        }
+        let attempts: Vec<_> = tries
+            .iter()
+            .map(|t| (t, s.spawn(move || t.run(lab, ipv6, DROP_TIMEOUT))))
+            .collect();
         let mut failures = Vec::new();
-        for (what, handle) in attempts {
+        for (t, handle) in attempts {
+            let what = t.what(ipv6);
             match handle.join() {
                 Ok(Ok(false)) => {}
                 Ok(Ok(true)) => {
@@ -231,6 +346,37 @@ fn check_denied(lab: &Lab, ipv6: bool, ip: &str) -> Vec<String> {
         }
         failures
     })
+}
+
+/// Every connection a rule opens completes, and data goes both ways.
+fn check_allowed(lab: &Lab, ipv6: bool) -> Vec<String> {
+    let tries: Vec<Try> = ALLOWED
+        .iter()
+        .map(|&(from, to, port, rule)| Try::tcp(from, to, port, format!("rule {rule}")))
+        .collect();
+    expect_pass(lab, &tries, ipv6)
+}
+
+/// Traffic to unprotected hosts, and protected hosts' own outbound connections, pass.
+fn check_open(lab: &Lab, ipv6: bool) -> Vec<String> {
+    let tcp = OPEN_TCP
+        .iter()
+        .map(|&(from, to, port)| Try::tcp(from, to, port, "no rule needed"));
+    let udp = OPEN_UDP
+        .iter()
+        .map(|&(from, to, port)| Try::udp(from, to, port, "reply by flow"));
+    expect_pass(lab, &tcp.chain(udp).collect::<Vec<_>>(), ipv6)
+}
+
+/// Connections no rule opens do not establish.
+fn check_denied(lab: &Lab, ipv6: bool) -> Vec<String> {
+    let tcp = DENIED_TCP
+        .iter()
+        .map(|&(from, to, port)| Try::tcp(from, to, port, "no rule"));
+    let udp = DENIED_UDP
+        .iter()
+        .map(|&(from, to, port)| Try::udp(from, to, port, "no rule"));
+    expect_drop(lab, &tcp.chain(udp).collect::<Vec<_>>(), ipv6)
 }
 
 /// `stats --json` shows packets for every rule (all were exercised), for the flow and

@@ -31,13 +31,21 @@ impl LabRun {
         peers: impl FnOnce(&Lab) -> String,
         extra: &str,
     ) -> LabRun {
+        LabRun::start_profile(name, mode, "lync2013-single-director", peers, extra)
+    }
+
+    /// [`LabRun::start`] with another built-in profile.
+    pub fn start_profile(
+        name: &str,
+        mode: &str,
+        profile: &str,
+        peers: impl FnOnce(&Lab) -> String,
+        extra: &str,
+    ) -> LabRun {
         let lab = Lab::new().expect("building the lab");
         let instance = format!("{name}-{}", std::process::id());
         let policy_file = std::env::temp_dir().join(format!("director-fw-{instance}.toml"));
-        let policy = format!(
-            "profile = \"lync2013-single-director\"\n\n{}\n{extra}",
-            peers(&lab)
-        );
+        let policy = format!("profile = {profile:?}\n\n{}\n{extra}", peers(&lab));
         std::fs::write(&policy_file, policy).expect("writing the policy file");
         let mut run = LabRun {
             agent: None,
