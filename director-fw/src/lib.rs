@@ -1,5 +1,5 @@
-//! director-fw: an eBPF packet filter that enforces the Lync Server 2013 single-Director
-//! port policy on Linux gateways. This library holds everything the `director-fw` binary
+//! director-fw: an eBPF packet filter that enforces the Lync Server 2013 and Skype for
+//! Business Director and Edge port policies on Linux gateways. This library holds everything the `director-fw` binary
 //! does; each subcommand is a thin call into it.
 //!
 //! - `policy`, `compile`, `model`, `explain`: the policy and its meaning (pure);

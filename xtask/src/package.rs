@@ -111,7 +111,7 @@ pub fn build(env: &Env) -> Result<PathBuf> {
         process::capture(Command::new("dpkg-query").args(["-W", "-f", "${Version}", "libc6"]))?;
     let libc = libc.split(['-', '+']).next().unwrap_or("2.31").to_string();
     let control = format!(
-        "Package: director-fw\nVersion: {version}\nArchitecture: {arch}\nMaintainer: director-fw developers <director-fw@localhost>\nDepends: libc6 (>= {libc})\nSection: net\nPriority: optional\nDescription: eBPF firewall for Lync Server 2013 / Skype for Business Director topologies\n Enforces Microsoft's Director port matrix in XDP or TC on Linux gateways, with\n peers changed at runtime, atomic policy changes and live counters.\n"
+        "Package: director-fw\nVersion: {version}\nArchitecture: {arch}\nMaintainer: director-fw developers <director-fw@localhost>\nDepends: libc6 (>= {libc})\nSection: net\nPriority: optional\nDescription: eBPF firewall for Lync Server 2013 / Skype for Business topologies\n Enforces Microsoft's Director and Edge port matrices in XDP or TC on Linux gateways, with\n peers changed at runtime, atomic policy changes and live counters.\n"
     );
     put("DEBIAN/control", control.as_bytes(), 0o644)?;
     put(
