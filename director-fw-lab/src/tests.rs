@@ -168,6 +168,12 @@ fn dropped_packets_report_false() {
         assert!(t.elapsed() < DROP_TIMEOUT * 4, "took {:?}", t.elapsed());
         // The other direction's SYN gets through, but the SYN-ACK does not.
         assert!(!tcp_exchange(server, client, PORT, ipv6, DROP_TIMEOUT).unwrap());
+        // A datagram that arrives and whose reply is lost is no block: it is an error.
+        let half = udp_exchange(server, client, PORT, ipv6, DROP_TIMEOUT);
+        assert!(
+            format!("{:#}", half.unwrap_err()).contains("the request arrived"),
+            "ipv6={ipv6}"
+        );
     }
     // Other paths are unaffected.
     let fe = lab.host(Role::FrontEnd);

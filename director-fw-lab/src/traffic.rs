@@ -192,9 +192,9 @@ fn tcp_serve_once(
 /// namespace on `from`'s address, sends one datagram there and one reply back, and checks
 /// both payloads and source addresses.
 ///
-/// Returns `Ok(true)` when the reply arrived, `Ok(false)` when either datagram was lost
-/// (nothing came back within `timeout`), and `Err` on setup failure or a wrong
-/// payload/source. Finishes within about `timeout`.
+/// Returns `Ok(true)` when the reply arrived, `Ok(false)` when the request was lost, and
+/// `Err` on setup failure, a wrong payload or source, or a request that arrived whose reply
+/// did not. Finishes within about `timeout`.
 pub fn udp_exchange(
     from: &Host,
     to: &Host,
@@ -269,6 +269,11 @@ pub fn udp_exchange(
         .map_err(|_| anyhow!("UDP server thread panicked"))?;
 
     match (client, served) {
+        // The request got through and only the reply was lost: neither passed nor blocked,
+        // and never to be taken for a block.
+        (Ok(false), Ok(true)) => Err(anyhow!(
+            "{what}: the request arrived, but its reply did not come back"
+        )),
         (Ok(got), Ok(_)) => Ok(got),
         (Ok(_), Err(e)) => Err(e.context(what)),
         (Err(e), Ok(_)) => Err(e.context(what)),

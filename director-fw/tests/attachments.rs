@@ -215,7 +215,7 @@ fn check_hold(run: &LabRun, when: &str) {
 }
 
 /// The instance's netlink filter, removed with its qdisc by someone else, is put back by the
-/// running agent within seconds.
+/// running agent within seconds; one whose marker is lost is taken over in place.
 fn filter_removed_behind_the_agent(run: &LabRun) {
     let iface = &run.lab.host(Outsider).gw_iface;
     director_fw_lab::run_in_netns(
@@ -239,6 +239,26 @@ fn filter_removed_behind_the_agent(run: &LabRun) {
     }
     assert!(run.connects(ReverseProxy, Director, 4443, false));
     check_hold(run, "after the filter was put back");
+
+    // A filter whose marker is lost (an agent killed between attaching and marking) is the
+    // instance's filter still: the agent takes it over in place, and the gate never opens.
+    let marker = filter_marker(run).expect("the marker is back");
+    std::fs::remove_dir(&marker).unwrap();
+    let started = Instant::now();
+    while !marker.is_dir() {
+        assert!(
+            !run.connects(Outsider, Director, 443, false),
+            "the filter without its marker stopped filtering"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the running agent did not mark its filter again within 10 s"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    assert!(!run.connects(Outsider, Director, 443, false));
+    assert!(run.connects(ReverseProxy, Director, 4443, false));
+    check_hold(run, "after the filter was marked again");
 }
 
 #[test]

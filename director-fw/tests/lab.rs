@@ -108,12 +108,23 @@ fn lab_enforces_the_profile_in_tc_mode() {
 /// interface, and the outsider the internet. Real UDP and TCP across the media range and
 /// STUN, inside and just outside each range, over IPv4 and IPv6.
 #[test]
-fn lab_enforces_an_edge_profile_over_udp_and_tcp() {
-    if !root_or_skip("lab_enforces_an_edge_profile_over_udp_and_tcp") {
-        return;
+fn lab_enforces_an_edge_profile_in_xdp_mode() {
+    if root_or_skip("lab_enforces_an_edge_profile_in_xdp_mode") {
+        enforce_an_edge_profile("xdp");
     }
+}
+
+#[test]
+fn lab_enforces_an_edge_profile_in_tc_mode() {
+    if root_or_skip("lab_enforces_an_edge_profile_in_tc_mode") {
+        enforce_an_edge_profile("tc");
+    }
+}
+
+fn enforce_an_edge_profile(mode: &str) {
     let started = Instant::now();
-    let run = LabRun::start_profile("labtest-edge", "xdp", "sfb2015-edge", edge_peers, "");
+    let name = format!("labtest-edge-{mode}");
+    let run = LabRun::start_profile(&name, mode, "sfb2015-edge", edge_peers, "");
     let (access, webconf, av, internal, internet, client) = (
         ReverseProxy,
         FrontEnd,
@@ -147,6 +158,9 @@ fn lab_enforces_an_edge_profile_over_udp_and_tcp() {
     ];
     let drop = [
         Try::udp(av, internet, 49999, "below the media range"),
+        Try::tcp(av, internet, 49999, "below the media range"),
+        Try::udp(av, internet, 3477, "next to STUN"),
+        Try::tcp(client, internal, 50000, "next to CLS"),
         Try::udp(av, internet, 60000, "above the media range"),
         Try::tcp(av, internet, 60000, "above the media range"),
         Try::udp(access, internet, 3478, "STUN from the Access Edge"),
@@ -173,11 +187,11 @@ fn lab_enforces_an_edge_profile_over_udp_and_tcp() {
     }
     assert!(
         failures.is_empty(),
-        "[edge] {} check(s) failed:\n  {}",
+        "[edge, {mode}] {} check(s) failed:\n  {}",
         failures.len(),
         failures.join("\n  ")
     );
-    eprintln!("[edge] passed in {:.1?}", started.elapsed());
+    eprintln!("[edge, {mode}] passed in {:.1?}", started.elapsed());
 }
 
 /// The Edge profile's roles on the lab's hosts (see the test above).

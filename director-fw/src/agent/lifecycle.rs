@@ -109,7 +109,9 @@ impl Agent {
                 links.push((options.mode, iface.clone(), link));
             }
             if let Err(err) = pins.commit(&mut dp, links) {
-                let _ = std::fs::remove_dir_all(pins.dir());
+                // What was pinned before the error comes off again, netlink filters included:
+                // nothing enforced before this start.
+                let _ = datapath::detach(&pins);
                 return Err(err.into());
             }
             let (maps, counters) = dp.into_parts();

@@ -135,7 +135,7 @@ pub(super) fn attach_tc(
     let link = filter::attach(tc, iface).map_err(|source| {
         if filter::exists_error(&source) {
             DatapathError::Pins(format!(
-                "{iface}: a filter already holds ingress priority {} handle {:#x}, which this instance's pins do not name (a director-fw whose pins were removed?). Remove it with `tc filter del dev {iface} ingress prio {} handle {:#x} bpf`, then start again",
+                "{iface}: another program's filter holds ingress priority {} handle {:#x}, where director-fw attaches on a kernel without TCX. Remove it with `tc filter del dev {iface} ingress prio {} handle {:#x} bpf`, then start again",
                 filter::PRIORITY, filter::HANDLE, filter::PRIORITY, filter::HANDLE
             ))
         } else {

@@ -6,7 +6,7 @@
 //! as a pinned link does. The instance's one filter per interface sits at a fixed priority and
 //! handle, so that any agent finds it again, replaces its program in one step (`cls_bpf`
 //! swaps the program of an existing filter under RCU, as `BPF_LINK_UPDATE` does for a link)
-//! and removes it on `detach`. Priority 1 runs before every other filter on the hook.
+//! and removes it on `detach`. Priority 1: no filter of a later priority runs before it.
 
 use std::io;
 
@@ -37,6 +37,10 @@ fn handle() -> TcHandle {
 
 /// Attaches `tc` to the ingress of `iface` as the instance's filter, creating the `clsact`
 /// qdisc if the interface has none. Dropping the returned link removes the filter.
+///
+/// A filter of a director-fw program already at the place (one whose marker was lost: an
+/// agent killed between attaching and marking, say) is taken over in one step, as an upgrade
+/// would, rather than refused: it enforces, and only `tc filter del` could clear the way.
 pub(super) fn attach(
     tc: &mut SchedClassifier,
     iface: &str,
@@ -50,8 +54,16 @@ pub(super) fn attach(
         handle: handle(),
         ..NlOptions::default()
     });
-    let id = tc.attach_with_options(iface, TcAttachType::Ingress, options)?;
+    let id = match tc.attach_with_options(iface, TcAttachType::Ingress, options) {
+        Err(err) if exists_error(&err) && ours(iface) => swap(tc, iface)?,
+        other => other?,
+    };
     tc.take_link(id)
+}
+
+/// Whether the filter at the instance's place on `iface` runs a director-fw TC program.
+fn ours(iface: &str) -> bool {
+    matches!(installed(iface), Ok(Some(filter)) if filter.name == director_fw_common::maps::TC_PROGRAM)
 }
 
 /// Whether attaching failed because a filter is already at the instance's priority and handle.
@@ -71,17 +83,29 @@ fn existing(iface: &str) -> Result<SchedClassifierLink, io::Error> {
     SchedClassifierLink::attached(iface, TcAttachType::Ingress, PRIORITY, handle(), None)
 }
 
-/// Puts `tc` in place of the program of the instance's filter on `iface`, in one step.
+/// Puts `tc` in place of the program of the instance's filter on `iface`, in one step, and
+/// leaves the filter there.
 pub(super) fn replace(tc: &mut SchedClassifier, iface: &str) -> Result<(), ProgramError> {
-    let link = existing(iface).map_err(|err| ProgramError::from(TcError::IoError(err)))?;
-    let id = tc.attach_to_link(link)?;
+    let id = swap(tc, iface)?;
     keep(tc.take_link(id)?);
     Ok(())
 }
 
+/// Puts `tc` in place of the program of the instance's filter on `iface`; the filter is then
+/// `tc`'s link.
+fn swap(
+    tc: &mut SchedClassifier,
+    iface: &str,
+) -> Result<aya::programs::tc::SchedClassifierLinkId, ProgramError> {
+    // aya drops, and so removes, the filter it was handed when the program has no fd: ask first.
+    tc.fd()?;
+    let link = existing(iface).map_err(|err| ProgramError::from(TcError::IoError(err)))?;
+    tc.attach_to_link(link)
+}
+
 /// Removes the instance's filter from `iface`, if it is there.
 pub(super) fn remove(iface: &str) -> Result<(), ProgramError> {
-    if installed(iface)?.is_none() {
+    if installed(iface).map_err(TcError::IoError)?.is_none() {
         return Ok(());
     }
     existing(iface)
@@ -89,9 +113,17 @@ pub(super) fn remove(iface: &str) -> Result<(), ProgramError> {
         .detach()
 }
 
-/// The id of the program that the instance's filter on `iface` runs, or `None` when the
-/// interface or the filter is gone (a recreated interface, or `tc qdisc del`).
-pub(super) fn installed(iface: &str) -> Result<Option<u32>, io::Error> {
+/// The BPF filter at the instance's place on an interface.
+pub(super) struct Installed {
+    /// The id of the program it runs.
+    pub program: u32,
+    /// The program's name.
+    pub name: String,
+}
+
+/// The filter at the instance's place on `iface`, or `None` when the interface or the filter
+/// is gone (a recreated interface, or `tc qdisc del`).
+pub(super) fn installed(iface: &str) -> Result<Option<Installed>, io::Error> {
     let ifindex = interface_index(iface);
     if ifindex == 0 {
         return Ok(None);
@@ -101,12 +133,15 @@ pub(super) fn installed(iface: &str) -> Result<Option<u32>, io::Error> {
         major: NlHandle::CLSACT.major,
         minor: NlHandle::MIN_INGRESS,
     };
+    // tcm_info holds the priority above the protocol (ETH_P_ALL, in network order): the
+    // kernel dumps only the filters of that priority and protocol.
+    let info = (u32::from(PRIORITY) << 16) | u32::from((libc::ETH_P_ALL as u16).to_be());
+    request.header.info = info;
     for message in dump(RouteNetlinkMessage::GetTrafficFilter(request))? {
         let RouteNetlinkMessage::NewTrafficFilter(filter) = message else {
             continue;
         };
-        // tcm_info holds the priority above the protocol.
-        let ours = (filter.header.info >> 16) as u16 == PRIORITY
+        let ours = filter.header.info == info
             && u32::from(filter.header.handle) == HANDLE
             && filter
                 .attributes
@@ -115,14 +150,22 @@ pub(super) fn installed(iface: &str) -> Result<Option<u32>, io::Error> {
         if !ours {
             continue;
         }
-        let program = filter.attributes.iter().find_map(|a| match a {
-            TcAttribute::Options(options) => options.iter().find_map(|o| match o {
-                TcOption::Bpf(TcFilterBpfOption::ProgId(id)) => Some(*id),
-                _ => None,
-            }),
+        let options = filter.attributes.iter().find_map(|a| match a {
+            TcAttribute::Options(options) => Some(options.as_slice()),
             _ => None,
         });
-        return Ok(Some(program.unwrap_or(0)));
+        let mut found = Installed {
+            program: 0,
+            name: String::new(),
+        };
+        for option in options.unwrap_or_default() {
+            match option {
+                TcOption::Bpf(TcFilterBpfOption::ProgId(id)) => found.program = *id,
+                TcOption::Bpf(TcFilterBpfOption::ProgName(name)) => found.name = name.clone(),
+                _ => {}
+            }
+        }
+        return Ok(Some(found));
     }
     Ok(None)
 }
@@ -140,27 +183,36 @@ fn dump(request: RouteNetlinkMessage) -> Result<Vec<RouteNetlinkMessage>, io::Er
     packet.serialize(&mut buf);
     socket.send(&buf, 0)?;
 
-    let invalid = |err: netlink_packet_core::DecodeError| io::Error::other(err.to_string());
     let mut messages = Vec::new();
     let mut received = vec![0; 64 * 1024];
     // An interface holds a handful of filters; the bound only stops a kernel that never ends.
     for _ in 0..1024 {
         let size = socket.recv(&mut &mut received[..], 0)?;
         let mut at = 0;
-        while at < size {
-            let message = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&received[at..size])
-                .map_err(invalid)?;
-            let length = message.header.length as usize;
-            match message.payload {
-                NetlinkPayload::Done(_) => return Ok(messages),
-                NetlinkPayload::Error(err) if err.code.is_some() => return Err(err.to_io()),
-                NetlinkPayload::InnerMessage(inner) => messages.push(inner),
-                _ => {}
+        while at + 4 <= size {
+            let length = u32::from_ne_bytes(received[at..at + 4].try_into().unwrap()) as usize;
+            if length < 16 || at + length > size {
+                return Err(io::Error::other(
+                    "a truncated netlink message in the filter dump",
+                ));
             }
-            if length == 0 {
-                break;
+            // A message netlink-packet-route cannot decode (another tool's filter, say) is
+            // not the instance's: it is skipped, not taken for a failed dump.
+            if let Ok(message) =
+                NetlinkMessage::<RouteNetlinkMessage>::deserialize(&received[at..at + length])
+            {
+                match message.payload {
+                    NetlinkPayload::Done(done) if done.code != 0 => {
+                        return Err(io::Error::from_raw_os_error(-done.code))
+                    }
+                    NetlinkPayload::Done(_) => return Ok(messages),
+                    NetlinkPayload::Error(err) if err.code.is_some() => return Err(err.to_io()),
+                    NetlinkPayload::InnerMessage(inner) => messages.push(inner),
+                    _ => {}
+                }
             }
-            at += length;
+            // Messages are 4-byte aligned.
+            at += (length + 3) & !3;
         }
     }
     Err(io::Error::other("the kernel's filter dump did not end"))

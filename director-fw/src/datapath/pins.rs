@@ -66,7 +66,16 @@ impl LinkPin {
     fn dead(&self) -> bool {
         match self.hold {
             Hold::Link => link_ifindex(&self.path) == Some(0),
-            Hold::Filter => matches!(filter::installed(&self.iface), Ok(None)),
+            Hold::Filter => match filter::installed(&self.iface) {
+                Ok(found) => found.is_none(),
+                Err(err) => {
+                    tracing::warn!(
+                        "{}: could not read the interface's TC filters ({err}); taking the instance's filter to be there",
+                        self.iface
+                    );
+                    false
+                }
+            },
         }
     }
 

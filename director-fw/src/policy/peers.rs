@@ -23,6 +23,8 @@ pub enum PeerError {
     Any,
     #[error("{0}")]
     BadAddress(String),
+    #[error("{0}")]
+    LocksOut(String),
     #[error("no address given: name at least one address or CIDR")]
     NoAddresses,
     #[error("{cidr} is not a runtime peer of role {role:?}; nothing was removed")]
@@ -77,25 +79,25 @@ impl RuntimePeers {
         if role == ANY {
             return Err(PeerError::Any);
         }
-        let Some(id) = file.role(role) else {
+        if file.role(role).is_none() {
             return Err(PeerError::UnknownRole {
                 role: role.to_string(),
                 known: file.roles.join(", "),
             });
-        };
+        }
         if cidrs.is_empty() {
             return Err(PeerError::NoAddresses);
         }
         cidrs
             .iter()
-            .map(|text| {
-                let net = parse_net(text).map_err(PeerError::BadAddress)?;
-                match file.locks_out(id, &net) {
-                    Some(why) => Err(PeerError::BadAddress(why)),
-                    None => Ok(net),
-                }
-            })
+            .map(|text| parse_net(text).map_err(PeerError::BadAddress))
             .collect()
+    }
+
+    /// Why adding `nets` to `role` would lock the gateway out (see [`Policy::locks_out`]).
+    fn lockout(file: &Policy, role: &str, nets: &BTreeSet<IpNet>) -> Option<String> {
+        let id = file.role(role)?;
+        nets.iter().find_map(|net| file.locks_out(id, net))
     }
 
     fn in_file(file: &Policy, role: &str, net: &IpNet) -> bool {
@@ -120,6 +122,9 @@ impl RuntimePeers {
                 cidr: *net,
                 file: file.source.clone(),
             });
+        }
+        if let Some(why) = RuntimePeers::lockout(file, role, &nets) {
+            return Err(PeerError::LocksOut(why));
         }
         let mut next = self.clone();
         next.0.entry(role.to_string()).or_default().extend(nets);
@@ -171,6 +176,14 @@ impl RuntimePeers {
                 if !RuntimePeers::in_file(file, role, net) {
                     next.0.entry(role.clone()).or_default().insert(*net);
                 }
+            }
+            // A file without the management rule may not make a runtime peer lock the
+            // gateway out.
+            if let Some(why) = RuntimePeers::lockout(file, role, nets) {
+                return Err(PeerError::LocksOut(format!(
+                    "the runtime peers of {role:?} and {}: {why}; or remove the peer with `director-fw peers del`",
+                    file.source
+                )));
             }
         }
         Ok(next)
@@ -301,6 +314,29 @@ mod tests {
         assert_eq!(one.len(), 1);
         let policy = one.apply(&file);
         assert_eq!(policy.peers.len(), 2);
+    }
+
+    #[test]
+    fn a_runtime_peer_of_everything_needs_the_management_rule_in_every_file() {
+        let profile = "profile = \"lync2013-single-director\"\n";
+        let ssh = "[[rules]]\nid='ssh'\nfrom='any'\nto='management'\nproto='tcp'\nports=[22]\n";
+        let with = Policy::from_toml("with.toml", &format!("{profile}{ssh}")).unwrap();
+        let everything = strings(&["::/0"]);
+        let peers = RuntimePeers::default()
+            .add(&with, "director", &everything)
+            .unwrap();
+        let without = Policy::from_toml("without.toml", profile).unwrap();
+        let err = peers.rebase(&without).unwrap_err().to_string();
+        assert!(
+            err.contains("management") && err.contains("without.toml"),
+            "{err}"
+        );
+        assert!(peers.rebase(&with).is_ok());
+        // Taking it away is always allowed.
+        assert!(peers
+            .del(&with, "director", &everything)
+            .unwrap()
+            .is_empty());
     }
 
     #[test]

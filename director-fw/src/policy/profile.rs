@@ -247,10 +247,18 @@ pub fn all() -> &'static [Profile] {
                     variant.apply(base)
                 }
             };
+            // Every citation names a table of its page (rows or also_rows for every also page).
             for rule in &profile.rules {
-                let cites = rule.rows.iter().chain(rule.also_rows.iter().flatten());
-                if let Some(bad) = cites.clone().find(|c| c.table > profile.tables.len()) {
-                    panic!("profiles/{file}: {} cites table {}", rule.id, bad.table);
+                let pages = std::iter::once((&profile.tables, &rule.rows)).chain(
+                    profile
+                        .also
+                        .iter()
+                        .map(|p| (&p.tables, rule.also_rows.as_ref().unwrap_or(&rule.rows))),
+                );
+                for (tables, cites) in pages {
+                    if let Some(bad) = cites.iter().find(|c| c.table > tables.len()) {
+                        panic!("profiles/{file}: {} cites table {}", rule.id, bad.table);
+                    }
                 }
             }
             profiles.push(profile);
