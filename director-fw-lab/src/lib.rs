@@ -245,6 +245,10 @@ impl Lab {
                 ("ipv4/conf/default/forwarding", forwarding),
                 ("ipv6/conf/all/forwarding", forwarding),
                 ("ipv6/conf/default/forwarding", forwarding),
+                // Reverse-path filtering (a distribution default of 1 or 2) would drop what
+                // the lab's own tests blackhole on purpose before the test sees it.
+                ("ipv4/conf/all/rp_filter", "0"),
+                ("ipv4/conf/default/rp_filter", "0"),
             ]
         };
         let gw = self.gateway.clone();

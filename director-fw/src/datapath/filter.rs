@@ -31,6 +31,12 @@ pub const PRIORITY: u16 = 1;
 /// The filter's handle at that priority; another program's filter may share the priority.
 pub const HANDLE: u32 = 0xd1f;
 
+/// tcm_info of the instance's filter: the priority above the protocol (ETH_P_ALL, in network
+/// order), as aya attaches it.
+fn tcm_info() -> u32 {
+    (u32::from(PRIORITY) << 16) | u32::from((libc::ETH_P_ALL as u16).to_be())
+}
+
 fn handle() -> TcHandle {
     TcHandle::new((HANDLE >> 16) as u16, HANDLE as u16)
 }
@@ -133,9 +139,8 @@ pub(super) fn installed(iface: &str) -> Result<Option<Installed>, io::Error> {
         major: NlHandle::CLSACT.major,
         minor: NlHandle::MIN_INGRESS,
     };
-    // tcm_info holds the priority above the protocol (ETH_P_ALL, in network order): the
-    // kernel dumps only the filters of that priority and protocol.
-    let info = (u32::from(PRIORITY) << 16) | u32::from((libc::ETH_P_ALL as u16).to_be());
+    // The kernel dumps only the filters of the instance's priority and protocol.
+    let info = tcm_info();
     request.header.info = info;
     for message in dump(RouteNetlinkMessage::GetTrafficFilter(request))? {
         let RouteNetlinkMessage::NewTrafficFilter(filter) = message else {
@@ -196,11 +201,17 @@ fn dump(request: RouteNetlinkMessage) -> Result<Vec<RouteNetlinkMessage>, io::Er
                     "a truncated netlink message in the filter dump",
                 ));
             }
-            // A message netlink-packet-route cannot decode (another tool's filter, say) is
-            // not the instance's: it is skipped, not taken for a failed dump.
-            if let Ok(message) =
-                NetlinkMessage::<RouteNetlinkMessage>::deserialize(&received[at..at + length])
-            {
+            // A message netlink-packet-route cannot decode is skipped, unless it is the
+            // instance's own filter (its handle and tcm_info in the tcmsg after the 16-byte
+            // header): that one must never read as gone.
+            let bytes = &received[at..at + length];
+            let message = NetlinkMessage::<RouteNetlinkMessage>::deserialize(bytes);
+            if message.is_err() && own_filter(bytes) {
+                return Err(io::Error::other(
+                    "the kernel's description of the instance's filter could not be decoded",
+                ));
+            }
+            if let Ok(message) = message {
                 match message.payload {
                     NetlinkPayload::Done(done) if done.code != 0 => {
                         return Err(io::Error::from_raw_os_error(-done.code))
@@ -216,4 +227,42 @@ fn dump(request: RouteNetlinkMessage) -> Result<Vec<RouteNetlinkMessage>, io::Er
         }
     }
     Err(io::Error::other("the kernel's filter dump did not end"))
+}
+
+/// Whether a raw RTM_NEWTFILTER message names the instance's place: after the 16-byte
+/// netlink header, tcmsg has its handle at offset 8 and tcm_info at 16.
+fn own_filter(bytes: &[u8]) -> bool {
+    let word = |at: usize| {
+        bytes
+            .get(at..at + 4)
+            .map(|w| u32::from_ne_bytes(w.try_into().unwrap()))
+    };
+    word(16 + 8) == Some(HANDLE) && word(16 + 16) == Some(tcm_info())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use netlink_packet_route::tc::TcHeader;
+
+    #[test]
+    fn a_raw_message_of_the_instance_s_filter_is_recognised() {
+        let mut message = TcMessage::with_index(7);
+        message.header = TcHeader {
+            handle: HANDLE.into(),
+            info: tcm_info(),
+            ..message.header
+        };
+        let mut packet = NetlinkMessage::new(
+            NetlinkHeader::default(),
+            NetlinkPayload::from(RouteNetlinkMessage::NewTrafficFilter(message)),
+        );
+        packet.finalize();
+        let mut bytes = vec![0; packet.buffer_len()];
+        packet.serialize(&mut bytes);
+        assert!(own_filter(&bytes));
+        bytes[24] ^= 1;
+        assert!(!own_filter(&bytes));
+        assert!(!own_filter(&bytes[..20]));
+    }
 }

@@ -181,7 +181,7 @@ impl RuntimePeers {
             // gateway out.
             if let Some(why) = RuntimePeers::lockout(file, role, nets) {
                 return Err(PeerError::LocksOut(format!(
-                    "the runtime peers of {role:?} and {}: {why}; or remove the peer with `director-fw peers del`",
+                    "the runtime peers of {role:?} and {}: {why}. Or remove the runtime peer: `director-fw peers del {role} CIDR` while an agent runs, or from the state file",
                     file.source
                 )));
             }
