@@ -269,21 +269,15 @@ pub fn all() -> &'static [Profile] {
 
 impl Variant {
     fn apply(self, base: &Profile) -> Profile {
-        for id in &self.without {
-            assert!(
-                base.rules.iter().any(|r| &r.id == id),
-                "{}: {} has no rule {id}",
-                self.name,
-                base.name
-            );
-        }
-        for id in &self.without_choices {
-            assert!(
-                base.choices.iter().any(|c| &c.id == id),
-                "{}: {} has no choice {id}",
-                self.name,
-                base.name
-            );
+        let rules: Vec<&String> = base.rules.iter().map(|r| &r.id).collect();
+        let choices: Vec<&String> = base.choices.iter().map(|c| &c.id).collect();
+        for (what, ids, known) in [
+            ("rule", &self.without, rules),
+            ("choice", &self.without_choices, choices),
+        ] {
+            if let Some(id) = ids.iter().find(|id| !known.contains(id)) {
+                panic!("{}: {} has no {what} {id}", self.name, base.name);
+            }
         }
         Profile {
             name: self.name,
